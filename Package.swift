@@ -1,0 +1,94 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+let package = Package(
+    name: "relay",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "relay-proxy", targets: ["relay-proxy"]),
+        .executable(name: "relay-agent", targets: ["relay-agent"]),
+        .executable(name: "relayctl", targets: ["relayctl"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-nio-extras.git", from: "1.35.2"),
+        .package(url: "https://github.com/apple/swift-crypto.git", from: "4.5.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
+    ],
+    targets: [
+        // Pure protocol: messages, NDJSON framing, authentication, state machines. No I/O.
+        .target(
+            name: "RelayProtocol",
+            dependencies: [
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
+        ),
+        // Shared NIO plumbing: byte pump, line reader, listeners, addresses, config reading, logging.
+        .target(
+            name: "RelayCore",
+            dependencies: [
+                "RelayProtocol",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(
+            name: "RelayProxy",
+            dependencies: [
+                "RelayProtocol", "RelayCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .target(
+            name: "RelayAgent",
+            dependencies: [
+                "RelayProtocol", "RelayCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .executableTarget(
+            name: "relay-proxy",
+            dependencies: [
+                "RelayProxy", "RelayCore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .executableTarget(
+            name: "relay-agent",
+            dependencies: [
+                "RelayAgent", "RelayCore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .executableTarget(
+            name: "relayctl",
+            dependencies: [
+                "RelayCore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .testTarget(name: "RelayProtocolTests", dependencies: ["RelayProtocol"]),
+        .testTarget(
+            name: "RelayIntegrationTests",
+            dependencies: [
+                "RelayProtocol", "RelayCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,118 @@
+import Foundation
+import RelayCore
+import RelayProtocol
+
+/// The agent's configuration (`/etc/relay/agent.json`), fully validated; see relay-agent.json(5).
+public struct AgentConfig: Sendable {
+    /// One service the agent can reach.
+    public struct Service: Sendable {
+        /// The service name, as the relay's config knows it.
+        public var name: String
+        /// The TCP server this service leads to (resolved when dialled).
+        public var target: HostPort
+    }
+
+    /// The default config file.
+    public static let defaultPath = "/etc/relay/agent.json"
+    /// The default control socket for relayctl.
+    public static let defaultControlSocket = "/run/relay/agent.sock"
+
+    /// The relay's agent port (resolved at each connection attempt).
+    public var relay: HostPort
+    /// This agent's id.
+    public var id: String
+    /// The shared secret.
+    public var secret: Secret
+    /// The Unix socket relayctl talks to.
+    public var control: String
+    /// The services offered.
+    public var services: [Service]
+    /// How often the agent pings the relay (`heartbeatIntervalSeconds`, default 10).
+    public var heartbeatInterval: Double
+    /// How long the relay may stay silent before the agent reconnects (`heartbeatTimeoutSeconds`, default 30).
+    public var heartbeatTimeout: Double
+    /// The limit on connecting to the relay or a target, and on the relay's handshake
+    /// answers (`connectTimeoutSeconds`, default 10).
+    public var connectTimeout: Double
+    /// The first reconnect delay (`reconnectInitialDelaySeconds`, default 0.5).
+    public var reconnectInitialDelay: Double
+    /// The longest reconnect delay (`reconnectMaxDelaySeconds`, default 30).
+    public var reconnectMaxDelay: Double
+    /// How long live sessions may drain at shutdown (`drainTimeoutSeconds`, default 30).
+    public var drainTimeout: Double
+
+    static let topLevelKeys: Set<String> = [
+        "relay", "id", "secret", "secretFile", "control", "services", "heartbeatIntervalSeconds",
+        "heartbeatTimeoutSeconds", "connectTimeoutSeconds", "reconnectInitialDelaySeconds",
+        "reconnectMaxDelaySeconds", "drainTimeoutSeconds",
+    ]
+
+    /// Reads and validates the file at `path`; the error lists every problem with its JSON path.
+    public static func load(path: String) throws(ConfigError) -> AgentConfig {
+        let (reader, root) = try ConfigReader.load(path: path)
+        let config = Self.read(root, reader: reader)
+        try reader.finish(file: path)
+        return config!
+    }
+
+    static func read(_ root: [String: JSONValue], reader: ConfigReader) -> AgentConfig? {
+        reader.rejectUnknownKeys(root, at: "$", allowed: Self.topLevelKeys)
+        let relay = reader.address(root, "relay", at: "$", allowPortZero: false)
+        let id = reader.name(root, "id", at: "$")
+        let secret = reader.secret(root, at: "$")
+        let control = reader.string(root, "control", at: "$", required: false) ?? Self.defaultControlSocket
+        if control.isEmpty { reader.problem("$.control", "must not be empty") }
+
+        var services: [Service] = []
+        var paths: [String: String] = [:]
+        let items = reader.objects(root, "services", at: "$")
+        if items.count > ProtocolLimits.maxServicesPerAgent {
+            reader.problem("$.services", "at most \(ProtocolLimits.maxServicesPerAgent) services")
+        }
+        for (path, object) in items {
+            reader.rejectUnknownKeys(object, at: path, allowed: ["name", "target"])
+            let name = reader.name(object, "name", at: path)
+            let target = reader.address(object, "target", at: path, allowPortZero: false)
+            if let name, let first = paths[name] {
+                reader.problem("\(path).name", "duplicate service name '\(name)' (first at \(first))")
+                continue
+            }
+            guard let name, let target else { continue }
+            paths[name] = path
+            services.append(Service(name: name, target: target))
+        }
+
+        let interval = reader.seconds(root, "heartbeatIntervalSeconds", at: "$", default: 10, range: 0.05...3600)
+        let timeout = reader.seconds(root, "heartbeatTimeoutSeconds", at: "$", default: 30, range: 0.1...86400)
+        if timeout <= interval {
+            reader.problem("$.heartbeatTimeoutSeconds", "must be longer than heartbeatIntervalSeconds (\(interval))")
+        }
+        let connect = reader.seconds(root, "connectTimeoutSeconds", at: "$", default: 10, range: 0.05...600)
+        let initial = reader.seconds(root, "reconnectInitialDelaySeconds", at: "$", default: 0.5, range: 0.01...3600)
+        let maximum = reader.seconds(root, "reconnectMaxDelaySeconds", at: "$", default: 30, range: 0.01...86400)
+        if maximum < initial {
+            reader.problem("$.reconnectMaxDelaySeconds", "must not be shorter than reconnectInitialDelaySeconds (\(initial))")
+        }
+        let drain = reader.seconds(root, "drainTimeoutSeconds", at: "$", default: 30, range: 0...86400)
+
+        guard let relay, let id, let secret, reader.problems.isEmpty else { return nil }
+        return AgentConfig(
+            relay: relay,
+            id: id,
+            secret: secret,
+            control: control,
+            services: services,
+            heartbeatInterval: interval,
+            heartbeatTimeout: timeout,
+            connectTimeout: connect,
+            reconnectInitialDelay: initial,
+            reconnectMaxDelay: maximum,
+            drainTimeout: drain
+        )
+    }
+
+    /// The service named `name`.
+    public func service(named name: String) -> Service? {
+        self.services.first { $0.name == name }
+    }
+}

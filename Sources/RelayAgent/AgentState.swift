@@ -1,0 +1,107 @@
+import Foundation
+import NIOCore
+import RelayCore
+import Synchronization
+
+/// One session at the agent: a data channel joined to a target connection.
+final class AgentSession: Sendable {
+    let id: String
+    let service: String
+    let client: String
+    let target: String
+    let startedAt = Date()
+    let started = ContinuousClock.now
+    /// Forward: relay → target (bytes in); backward: target → relay (bytes out).
+    let meter = TrafficMeter()
+    private let channels = Mutex<[any Channel]>([])
+
+    init(id: String, service: String, client: String, target: String) {
+        self.id = id
+        self.service = service
+        self.client = client
+        self.target = target
+    }
+
+    /// Remembers a connection of this session, so that ``terminate()`` can close it.
+    func adopt(_ channel: any Channel) {
+        self.channels.withLock { $0.append(channel) }
+    }
+
+    /// Closes the session's connections, which ends its pump at once.
+    func terminate() {
+        for channel in self.channels.withLock({ $0 }) { channel.close(promise: nil) }
+    }
+}
+
+/// The agent's shared state: its connection to the relay and its live sessions.
+final class AgentState: Sendable {
+    /// The control channel's condition, as `relayctl status` reports it.
+    enum Connection: Sendable, Equatable {
+        case connecting(attempt: Int)
+        case connected(since: Date)
+        case waiting(until: Date, lastError: String)
+        case stopped
+    }
+
+    private struct Store {
+        var config: AgentConfig
+        var connection: Connection = .connecting(attempt: 1)
+        var controlChannel: (any Channel)?
+        var sessions: [String: AgentSession] = [:]
+        var shuttingDown = false
+    }
+
+    private let store: Mutex<Store>
+
+    init(config: AgentConfig) {
+        self.store = Mutex(Store(config: config))
+    }
+
+    var config: AgentConfig { self.store.withLock { $0.config } }
+
+    var connection: Connection {
+        get { self.store.withLock { $0.connection } }
+        set { self.store.withLock { $0.connection = newValue } }
+    }
+
+    /// Records the live control channel (nil when it closes), unless shutting down.
+    /// Returns `false` if shutting down, so the caller closes the channel.
+    func setControlChannel(_ channel: (any Channel)?) -> Bool {
+        self.store.withLock { store in
+            store.controlChannel = channel
+            return !store.shuttingDown
+        }
+    }
+
+    /// Marks shutdown and returns the control channel to close.
+    func beginShutdown() -> (any Channel)? {
+        self.store.withLock { store in
+            store.shuttingDown = true
+            store.connection = .stopped
+            return store.controlChannel
+        }
+    }
+
+    var isShuttingDown: Bool { self.store.withLock { $0.shuttingDown } }
+
+    func add(_ session: AgentSession) {
+        self.store.withLock { $0.sessions[session.id] = session }
+    }
+
+    func remove(_ session: AgentSession) {
+        self.store.withLock { store in
+            if store.sessions[session.id] === session { store.sessions[session.id] = nil }
+        }
+    }
+
+    var sessions: [AgentSession] { self.store.withLock { Array($0.sessions.values) } }
+
+    /// Waits until no session is live, checking every `interval` up to `timeout`; `true` if drained.
+    func waitForNoSessions(timeout: Duration, interval: Duration = .milliseconds(50)) async -> Bool {
+        let end = ContinuousClock.now + timeout
+        while !self.sessions.isEmpty {
+            guard ContinuousClock.now < end, (try? await Task.sleep(for: interval)) != nil else { return false }
+        }
+        return true
+    }
+}

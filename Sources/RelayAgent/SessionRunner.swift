@@ -1,0 +1,116 @@
+import Foundation
+import Logging
+import NIOCore
+import RelayCore
+import RelayProtocol
+
+/// Serves one `connect` request at the agent (S8–S20): dials the target, opens a data
+/// channel to the relay, attaches it, and pumps bytes until both sides are done.
+struct SessionRunner {
+    let state: AgentState
+    let group: any EventLoopGroup
+    let pump: any SessionPump
+    let logger: Logger
+
+    /// Runs the session; `control` is the channel the request came on, for a refusal.
+    func run(_ connect: ControlMessage.Connect, control: AgentControlChannel) async {
+        let config = self.state.config
+        var logger = self.logger
+        logger[metadataKey: "session"] = "\(connect.session)"
+        guard let service = config.service(named: connect.service) else {
+            control.refuse(session: connect.session, code: .unknownService, message: "agent does not serve '\(connect.service)'")
+            return
+        }
+        let timeout = TimeAmount.fromSeconds(config.connectTimeout)
+        let session = AgentSession(id: connect.session, service: service.name, client: connect.client, target: "\(service.target)")
+        self.state.add(session)
+        defer { self.state.remove(session) }
+        logger.info("session open", metadata: ["service": "\(service.name)", "client": "\(connect.client)", "target": "\(service.target)"])
+
+        // S9: the target first, so that a target that is down is refused with its reason.
+        let target: TCPConnection
+        do {
+            target = try await Network.dial(service.target, timeout: timeout, group: self.group)
+        } catch {
+            let reason = "cannot connect to \(service.target): \(Network.describe(error))"
+            control.refuse(session: connect.session, code: .targetUnreachable, message: reason)
+            logger.warning("session refused: \(reason)")
+            return
+        }
+        session.adopt(target.channel)
+
+        // S10: a fresh data channel to the relay, attached to this session.
+        let data: TCPConnection
+        do {
+            data = try await Network.dial(config.relay, timeout: timeout, group: self.group)
+        } catch {
+            target.channel.close(promise: nil)
+            logger.warning("session failed: cannot open a data channel to \(config.relay): \(Network.describe(error))")
+            return
+        }
+        session.adopt(data.channel)
+
+        let outcome: PumpOutcome?
+        do {
+            outcome = try await data.executeThenClose { dataIn, dataOut in
+                try await target.executeThenClose { targetIn, targetOut in
+                    let reader = InboundReader(dataIn)
+                    guard try await self.attach(connect, reader: reader, writer: dataOut, channel: data.channel, timeout: timeout, logger: logger)
+                    else { return nil }
+                    logger.info("session attached", metadata: ["data": "\(data.channel.localAddress?.displayString ?? "?")"])
+                    let relaySide = PumpEndpoint(channel: data.channel, reader: reader, writer: dataOut)
+                    let targetSide = PumpEndpoint(channel: target.channel, reader: InboundReader(targetIn), writer: targetOut)
+                    return await self.pump.run(relaySide, targetSide, meter: session.meter)
+                }
+            }
+        } catch {
+            logger.warning("session failed: \(Network.describe(error))")
+            return
+        }
+        guard let outcome else { return }
+        let reason: String
+        switch outcome {
+        case .finished: reason = "closed by both ends"
+        case .failed(.first, let why): reason = "relay side: \(why)"
+        case .failed(.second, let why): reason = "target: \(why)"
+        }
+        logger.info(
+            "session closed",
+            metadata: [
+                "bytesIn": "\(session.meter.forward)", "bytesOut": "\(session.meter.backward)",
+                "duration": "\(String(format: "%.3fs", (ContinuousClock.now - session.started).inSeconds))",
+                "reason": "\(reason)",
+            ]
+        )
+    }
+
+    /// Sends `attach` and reads the relay's answer within `timeout`; `false` (logged) if refused.
+    private func attach(
+        _ connect: ControlMessage.Connect,
+        reader: InboundReader,
+        writer: NIOAsyncChannelOutboundWriter<ByteBuffer>,
+        channel: any Channel,
+        timeout: TimeAmount,
+        logger: Logger
+    ) async throws -> Bool {
+        let deadline = Deadline(on: channel.eventLoop, after: timeout) { channel.close(promise: nil) }
+        defer { deadline.cancel() }
+        try await writer.write(ControlCodec.encode(.attach(.init(session: connect.session, token: connect.token))))
+        let reply: ControlMessage?
+        do {
+            reply = try await reader.readMessage()
+        } catch let error as ProtocolError {
+            logger.warning("session failed: bad answer to attach: \(error)")
+            return false
+        }
+        guard let reply else {
+            logger.warning("session failed: relay closed the data channel \(deadline.expired ? "(no answer in time)" : "before answering")")
+            return false
+        }
+        if let error = AttachReply.evaluate(reply, session: connect.session) {
+            logger.warning("session failed: relay refused the data channel: \(error)")
+            return false
+        }
+        return true
+    }
+}

@@ -1,0 +1,248 @@
+import Foundation
+import RelayProtocol
+
+/// One problem in a config file, with the JSON path of the value at fault.
+public struct ConfigProblem: Sendable, Equatable, CustomStringConvertible {
+    /// Where, as `$.services[1].listen`.
+    public let path: String
+    /// What is wrong.
+    public let message: String
+
+    /// Creates a problem report.
+    public init(path: String, message: String) {
+        self.path = path
+        self.message = message
+    }
+
+    public var description: String { "\(self.path): \(self.message)" }
+}
+
+/// A config that failed validation: every problem found, in document order.
+public struct ConfigError: Error, CustomStringConvertible, Sendable {
+    /// The file that was read.
+    public let file: String
+    /// Every problem found.
+    public let problems: [ConfigProblem]
+
+    /// Creates the error for `file`.
+    public init(file: String, problems: [ConfigProblem]) {
+        self.file = file
+        self.problems = problems
+    }
+
+    /// One line: the file, the number of problems and the first one.
+    public var description: String {
+        let first = self.problems.first.map { $0.description } ?? "invalid"
+        let more = self.problems.count > 1 ? " (and \(self.problems.count - 1) more; run with --check-config)" : ""
+        return "\(self.file): \(first)\(more)"
+    }
+}
+
+/// Walks a JSON config, collecting every problem with its path; strict about unknown keys.
+///
+/// Readers return `nil` for a missing or bad value after noting the problem, so one pass
+/// finds everything wrong with a file.
+public final class ConfigReader {
+    /// Problems found so far.
+    public private(set) var problems: [ConfigProblem] = []
+    /// The directory relative `secretFile` paths are resolved against.
+    public let baseDirectory: String
+
+    /// Starts a reader; `baseDirectory` is the config file's directory.
+    public init(baseDirectory: String) {
+        self.baseDirectory = baseDirectory
+    }
+
+    /// Reads and parses a config file into its top-level object, or notes why it cannot.
+    public static func load(path: String) throws(ConfigError) -> (ConfigReader, [String: JSONValue]) {
+        let reader = ConfigReader(baseDirectory: (path as NSString).deletingLastPathComponent)
+        let data: Data
+        switch Self.readFile(path) {
+        case .success(let bytes): data = bytes
+        case .failure(let reason):
+            throw ConfigError(file: path, problems: [.init(path: "$", message: "cannot read the file: \(reason.description)")])
+        }
+        let root: JSONValue
+        do {
+            root = try JSONDecoder().decode(JSONValue.self, from: data)
+        } catch {
+            throw ConfigError(file: path, problems: [.init(path: "$", message: "not valid JSON: \(Self.reason(error))")])
+        }
+        guard case .object(let object) = root else {
+            throw ConfigError(file: path, problems: [.init(path: "$", message: "must be a JSON object")])
+        }
+        return (reader, object)
+    }
+
+    /// Notes a problem at `path`.
+    public func problem(_ path: String, _ message: String) {
+        self.problems.append(ConfigProblem(path: path, message: message))
+    }
+
+    /// Notes every key of `object` not in `allowed` as a problem (typos are caught, not ignored).
+    public func rejectUnknownKeys(_ object: [String: JSONValue], at path: String, allowed: Set<String>) {
+        for key in object.keys.sorted() where !allowed.contains(key) {
+            self.problem("\(path).\(key)", "unknown key (allowed: \(allowed.sorted().joined(separator: ", ")))")
+        }
+    }
+
+    /// A string value; `nil` when missing (a problem if `required`) or not a string.
+    public func string(_ object: [String: JSONValue], _ key: String, at path: String, required: Bool = true) -> String? {
+        switch object[key] {
+        case .string(let value)?: return value
+        case nil:
+            if required { self.problem("\(path).\(key)", "required key is missing") }
+            return nil
+        case let other?:
+            self.problem("\(path).\(key)", "must be a string, not \(other.kindDescription)")
+            return nil
+        }
+    }
+
+    /// A number of seconds, within `range`, or `defaultValue` when missing.
+    public func seconds(
+        _ object: [String: JSONValue],
+        _ key: String,
+        at path: String,
+        default defaultValue: Double,
+        range: ClosedRange<Double>
+    ) -> Double {
+        switch object[key] {
+        case nil: return defaultValue
+        case .number(let value)? where range.contains(value): return value
+        case .number?:
+            self.problem("\(path).\(key)", "must be between \(Self.format(range.lowerBound)) and \(Self.format(range.upperBound)) seconds")
+            return defaultValue
+        case let other?:
+            self.problem("\(path).\(key)", "must be a number of seconds, not \(other.kindDescription)")
+            return defaultValue
+        }
+    }
+
+    /// The objects of an array value, each with its path; notes non-objects.
+    public func objects(_ object: [String: JSONValue], _ key: String, at path: String, required: Bool = true)
+        -> [(path: String, object: [String: JSONValue])]
+    {
+        switch object[key] {
+        case .array(let items)?:
+            var result: [(String, [String: JSONValue])] = []
+            for (index, item) in items.enumerated() {
+                let itemPath = "\(path).\(key)[\(index)]"
+                if case .object(let fields) = item {
+                    result.append((itemPath, fields))
+                } else {
+                    self.problem(itemPath, "must be an object, not \(item.kindDescription)")
+                }
+            }
+            return result
+        case nil:
+            if required { self.problem("\(path).\(key)", "required key is missing") }
+            return []
+        case let other?:
+            self.problem("\(path).\(key)", "must be an array, not \(other.kindDescription)")
+            return []
+        }
+    }
+
+    /// A `host:port` address; `allowPortZero` for listeners (0: the OS chooses).
+    public func address(_ object: [String: JSONValue], _ key: String, at path: String, allowPortZero: Bool = true)
+        -> HostPort?
+    {
+        guard let text = self.string(object, key, at: path) else { return nil }
+        do {
+            return try HostPort(parsing: text, allowPortZero: allowPortZero)
+        } catch {
+            self.problem("\(path).\(key)", "bad address '\(text)': \(error.description)")
+            return nil
+        }
+    }
+
+    /// An agent id or service name.
+    public func name(_ object: [String: JSONValue], _ key: String, at path: String) -> String? {
+        guard let name = self.string(object, key, at: path) else { return nil }
+        guard Names.isValid(name) else {
+            self.problem("\(path).\(key)", "'\(name)' is not a valid name: use \(Names.rule)")
+            return nil
+        }
+        return name
+    }
+
+    /// A secret given inline as `secret` or read from the file named by `secretFile`
+    /// (exactly one of the two; surrounding white space of a file's content is dropped).
+    public func secret(_ object: [String: JSONValue], at path: String) -> Secret? {
+        let inline = self.string(object, "secret", at: path, required: false)
+        let file = self.string(object, "secretFile", at: path, required: false)
+        switch (inline, file) {
+        case (nil, nil):
+            if object["secret"] == nil && object["secretFile"] == nil {
+                self.problem("\(path).secret", "required key is missing (give 'secret' or 'secretFile')")
+            }
+            return nil
+        case (.some, .some):
+            self.problem("\(path).secretFile", "give either 'secret' or 'secretFile', not both")
+            return nil
+        case (let value?, nil):
+            guard !value.isEmpty else {
+                self.problem("\(path).secret", "must not be empty")
+                return nil
+            }
+            return Secret(value)
+        case (nil, let file?):
+            let full = file.hasPrefix("/") ? file : (self.baseDirectory as NSString).appendingPathComponent(file)
+            let data: Data
+            switch Self.readFile(full) {
+            case .success(let bytes): data = bytes
+            case .failure(let reason):
+                self.problem("\(path).secretFile", "cannot read '\(full)': \(reason)")
+                return nil
+            }
+            let text = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+            guard !text.isEmpty else {
+                self.problem("\(path).secretFile", "'\(full)' is empty")
+                return nil
+            }
+            return Secret(text)
+        }
+    }
+
+    /// Throws the collected problems, if any.
+    public func finish(file: String) throws(ConfigError) {
+        if !self.problems.isEmpty { throw ConfigError(file: file, problems: self.problems) }
+    }
+
+    /// Reads a whole file, or says why not in the system's words ("no such file or directory").
+    public static func readFile(_ path: String) -> Result<Data, DaemonError> {
+        let descriptor = open(path, O_RDONLY | O_CLOEXEC)
+        guard descriptor >= 0 else { return .failure(DaemonError(String(cString: strerror(errno)).lowercased())) }
+        defer { close(descriptor) }
+        var data = Data()
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let count = read(descriptor, &chunk, chunk.count)
+            if count < 0 {
+                if errno == EINTR { continue }
+                return .failure(DaemonError(String(cString: strerror(errno)).lowercased()))
+            }
+            if count == 0 { return .success(data) }
+            data.append(contentsOf: chunk[0..<count])
+        }
+    }
+
+    private static func format(_ value: Double) -> String {
+        value == value.rounded() ? String(Int(value)) : String(value)
+    }
+
+    private static func reason(_ error: any Error) -> String {
+        if let error = error as? DecodingError {
+            switch error {
+            case .dataCorrupted(let context):
+                if let underlying = context.underlyingError as NSError? {
+                    return underlying.userInfo[NSDebugDescriptionErrorKey] as? String ?? context.debugDescription
+                }
+                return context.debugDescription
+            default: return "\(error)"
+            }
+        }
+        return (error as NSError).localizedDescription
+    }
+}

@@ -1,0 +1,32 @@
+import Foundation
+import Logging
+
+/// What both daemons' command lines share: log setup and `--check-config` output.
+public enum DaemonSupport {
+    /// Log levels accepted by `--log-level`.
+    public static let logLevels = Logger.Level.allCases.map(\.rawValue)
+
+    /// Installs the one-line stderr logger and ignores SIGPIPE (a closed peer must not kill the daemon).
+    public static func bootstrap(logLevel: String) throws -> Logger.Level {
+        guard let level = Logger.Level(rawValue: logLevel) else {
+            throw DaemonError("unknown log level '\(logLevel)' (use one of: \(logLevels.joined(separator: ", ")))")
+        }
+        signal(SIGPIPE, SIG_IGN)
+        StderrLogHandler.bootstrap(level: level)
+        return level
+    }
+
+    /// Prints every problem of a config on its own line (`path: message`) to stderr.
+    public static func printProblems(_ error: ConfigError) {
+        var text = ""
+        for problem in error.problems { text += "\(error.file): \(problem)\n" }
+        text += "\(error.file): \(error.problems.count) problem\(error.problems.count == 1 ? "" : "s") found\n"
+        FileHandle.standardError.write(Data(text.utf8))
+    }
+}
+
+/// A start-up failure of a daemon: one line, exit status 1.
+public struct DaemonError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}

@@ -1,0 +1,98 @@
+import Foundation
+import Logging
+
+/// A swift-log handler that writes one event a line to stderr:
+/// `2026-11-25T06:14:14.123Z info session=3f9a0c12be47 session open service=web client=…`.
+///
+/// Under journald (`JOURNAL_STREAM` set) the timestamp is left out, since the journal adds
+/// its own, and the line starts with the syslog priority (`<6>`) so the level is kept.
+/// Control characters from peers are escaped, so nobody can forge a log line.
+public struct StderrLogHandler: LogHandler {
+    public var metadata: Logger.Metadata = [:]
+    public var logLevel: Logger.Level
+    private let journal: Bool
+
+    /// Creates a handler at `level`; call through ``bootstrap(level:)``.
+    public init(level: Logger.Level, journal: Bool) {
+        self.logLevel = level
+        self.journal = journal
+    }
+
+    /// Installs this handler for the whole process.
+    public static func bootstrap(level: Logger.Level = .info) {
+        let journal = ProcessInfo.processInfo.environment["JOURNAL_STREAM"] != nil
+        LoggingSystem.bootstrap { _ in StderrLogHandler(level: level, journal: journal) }
+    }
+
+    public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { self.metadata[key] }
+        set { self.metadata[key] = newValue }
+    }
+
+    public func log(event: LogEvent) {
+        var merged = self.metadata
+        if let extra = event.metadata { merged.merge(extra) { _, new in new } }
+        var line = ""
+        if self.journal {
+            line += "<\(Self.priority(event.level))>"
+        } else {
+            line += Self.timestamp() + " "
+        }
+        line += event.level.rawValue
+        if let session = merged.removeValue(forKey: "session") {
+            line += " session=\(Self.clean("\(session)"))"
+        }
+        line += " " + Self.clean(event.message.description)
+        for key in merged.keys.sorted() {
+            line += " \(key)=\(Self.quoteIfNeeded(Self.clean("\(merged[key]!)")))"
+        }
+        line += "\n"
+        FileHandle.standardError.write(Data(line.utf8))
+    }
+
+    /// Escapes control characters so one event stays one line.
+    static func clean(_ text: String) -> String {
+        guard text.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f }) else { return text }
+        var out = ""
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            case _ where scalar.value < 0x20 || scalar.value == 0x7f:
+                out += String(format: "\\x%02x", scalar.value)
+            default: out.unicodeScalars.append(scalar)
+            }
+        }
+        return out
+    }
+
+    private static func quoteIfNeeded(_ value: String) -> String {
+        guard value.isEmpty || value.contains(where: { $0 == " " || $0 == "\"" || $0 == "=" }) else { return value }
+        return "\"" + value.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\""
+    }
+
+    private static func priority(_ level: Logger.Level) -> Int {
+        switch level {
+        case .trace, .debug: 7
+        case .info: 6
+        case .notice: 5
+        case .warning: 4
+        case .error: 3
+        case .critical: 2
+        }
+    }
+
+    private static func timestamp() -> String {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        var seconds = now.tv_sec
+        var parts = tm()
+        gmtime_r(&seconds, &parts)
+        return String(
+            format: "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ",
+            parts.tm_year + 1900, parts.tm_mon + 1, parts.tm_mday,
+            parts.tm_hour, parts.tm_min, parts.tm_sec, now.tv_nsec / 1_000_000
+        )
+    }
+}

@@ -1,0 +1,95 @@
+import Foundation
+import NIOCore
+import NIOPosix
+
+/// A TCP connection as the async code sees it: raw bytes in, raw bytes out.
+public typealias TCPConnection = NIOAsyncChannel<ByteBuffer, ByteBuffer>
+
+/// A listening socket yielding accepted connections.
+public typealias TCPListener = NIOAsyncChannel<TCPConnection, Never>
+
+/// Making listeners and outgoing connections configured the same way everywhere.
+public enum Network {
+    /// The accept queue length asked of the kernel for every listener.
+    public static let listenBacklog: Int32 = 1024
+
+    /// How many received chunks a connection buffers before it stops reading from the
+    /// socket (and the kernel's window closes): the bound on a session's buffered bytes,
+    /// together with the largest read (64 KiB).
+    public static let inboundHighWatermark = 8
+
+    /// Every connection: half-close passed through as such, bounded inbound buffering.
+    static let connectionConfiguration = NIOAsyncChannel<ByteBuffer, ByteBuffer>.Configuration(
+        backPressureStrategy: .init(lowWatermark: 2, highWatermark: inboundHighWatermark),
+        isOutboundHalfClosureEnabled: true,
+        inboundType: ByteBuffer.self,
+        outboundType: ByteBuffer.self
+    )
+
+    /// Binds a TCP listener on `address`.
+    public static func listen(on address: SocketAddress, group: any EventLoopGroup) async throws -> TCPListener {
+        try await self.serverBootstrap(group: group).bind(to: address) { channel in
+            self.wrap(channel)
+        }
+    }
+
+    /// Adopts a listening socket that was handed to us (systemd socket activation).
+    public static func listen(adopting descriptor: CInt, group: any EventLoopGroup) async throws -> TCPListener {
+        try await self.serverBootstrap(group: group).bind(descriptor, cleanupExistingSocketFile: false) { channel in
+            self.wrap(channel)
+        }
+    }
+
+    /// Connects to `address` (a host name is resolved now), failing after `timeout`.
+    public static func dial(_ address: HostPort, timeout: TimeAmount, group: any EventLoopGroup) async throws
+        -> TCPConnection
+    {
+        try await ClientBootstrap(group: group)
+            .connectTimeout(timeout)
+            .channelOption(.allowRemoteHalfClosure, value: true)
+            .channelOption(.tcpOption(.tcp_nodelay), value: 1)
+            .connect(host: address.host, port: address.port) { channel in
+                self.wrap(channel)
+            }
+    }
+
+    /// A network error in a few lowercase words ("connection refused", "timed out").
+    public static func describe(_ error: any Error) -> String {
+        if let error = error as? IOError { return String(cString: strerror(error.errnoCode)).lowercased() }
+        if let error = error as? ChannelError, case .connectTimeout = error { return "timed out" }
+        if let error = error as? NIOConnectionError {
+            if let first = error.connectionErrors.first { return self.describe(first.error) }
+            if error.dnsAAAAError != nil || error.dnsAError != nil { return "cannot resolve the host name" }
+        }
+        return "\(error)"
+    }
+
+    private static func serverBootstrap(group: any EventLoopGroup) -> ServerBootstrap {
+        ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: self.listenBacklog)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.allowRemoteHalfClosure, value: true)
+            .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
+    }
+
+    private static func wrap(_ channel: any Channel) -> EventLoopFuture<TCPConnection> {
+        channel.eventLoop.makeCompletedFuture {
+            try TCPConnection(wrappingChannelSynchronously: channel, configuration: self.connectionConfiguration)
+        }
+    }
+}
+
+extension TimeAmount {
+    /// A time amount from seconds given as a `Double` (config values).
+    public static func fromSeconds(_ seconds: Double) -> TimeAmount {
+        .nanoseconds(Int64(seconds * 1_000_000_000))
+    }
+}
+
+extension Duration {
+    /// The duration in seconds, as a `Double`.
+    public var inSeconds: Double {
+        let parts = self.components
+        return Double(parts.seconds) + Double(parts.attoseconds) / 1e18
+    }
+}

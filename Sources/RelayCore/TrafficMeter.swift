@@ -1,0 +1,40 @@
+import Synchronization
+
+/// Live counters of one session's traffic, updated by the pump and read by status queries.
+///
+/// "Forward" is from the pump's first endpoint to its second (at the relay: client → agent,
+/// so bytes in); "backward" is the other way (bytes out).
+public final class TrafficMeter: Sendable {
+    private let forwardBytes = Atomic<Int64>(0)
+    private let backwardBytes = Atomic<Int64>(0)
+    private let forwardDone = Atomic<Bool>(false)
+    private let backwardDone = Atomic<Bool>(false)
+
+    /// A meter at zero.
+    public init() {}
+
+    /// Bytes moved from the first endpoint to the second.
+    public var forward: Int64 { self.forwardBytes.load(ordering: .relaxed) }
+    /// Bytes moved from the second endpoint to the first.
+    public var backward: Int64 { self.backwardBytes.load(ordering: .relaxed) }
+    /// Whether the first endpoint has finished sending (its FIN was passed on).
+    public var forwardFinished: Bool { self.forwardDone.load(ordering: .relaxed) }
+    /// Whether the second endpoint has finished sending.
+    public var backwardFinished: Bool { self.backwardDone.load(ordering: .relaxed) }
+
+    func add(_ count: Int, forward: Bool) {
+        if forward {
+            self.forwardBytes.wrappingAdd(Int64(count), ordering: .relaxed)
+        } else {
+            self.backwardBytes.wrappingAdd(Int64(count), ordering: .relaxed)
+        }
+    }
+
+    func finish(forward: Bool) {
+        if forward {
+            self.forwardDone.store(true, ordering: .relaxed)
+        } else {
+            self.backwardDone.store(true, ordering: .relaxed)
+        }
+    }
+}

@@ -1,0 +1,33 @@
+/// The machine-readable reason carried by `error`, `refuse` and refused registrations.
+///
+/// The raw values are the wire strings; `docs/protocol.md` lists when each is sent.
+public enum ErrorCode: String, Codable, Sendable, CaseIterable {
+    /// The line is not valid JSON, or not a JSON object.
+    case badJSON = "bad_json"
+    /// The line exceeds ``ProtocolLimits/maxLineBytes``.
+    case lineTooLong = "line_too_long"
+    /// The `type` field names no known message.
+    case unknownType = "unknown_type"
+    /// A known message with a missing field, a field of the wrong type or an invalid value.
+    case badMessage = "bad_message"
+    /// A valid message that is not allowed in the connection's current state.
+    case unexpectedMessage = "unexpected_message"
+    /// The peer speaks a protocol version this build does not.
+    case unsupportedVersion = "unsupported_version"
+    /// The agent id is unknown or the proof of its secret is wrong (deliberately not told apart).
+    case authFailed = "auth_failed"
+    /// The peer did not finish its handshake in time.
+    case timeout = "timeout"
+    /// An `attach` names no pending session (unknown, already attached, or expired).
+    case unknownSession = "unknown_session"
+    /// An `attach` carries the wrong token for its session.
+    case badToken = "bad_token"
+    /// A service the relay's config does not assign to this agent, or the agent does not serve.
+    case unknownService = "unknown_service"
+    /// The agent could not connect to the service's target.
+    case targetUnreachable = "target_unreachable"
+    /// A newer control channel for the same agent took over this one.
+    case replaced = "replaced"
+    /// The sender is shutting down.
+    case shuttingDown = "shutting_down"
+}

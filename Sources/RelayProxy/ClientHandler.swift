@@ -1,0 +1,82 @@
+import Foundation
+import Logging
+import NIOCore
+import RelayCore
+import RelayProtocol
+
+/// Serves one client of a service (S5–S20 at the relay): asks the agent for a data
+/// channel, waits for it, joins the two through the pump, and logs the session's end.
+struct ClientHandler {
+    let state: ProxyState
+    let pump: any SessionPump
+    let logger: Logger
+
+    /// Handles the connection until the session ends; the client is closed on every path.
+    func handle(_ connection: TCPConnection, service: String) async {
+        let client = connection.channel.remoteAddress?.displayString ?? "unknown"
+        let channel = connection.channel
+        var logger = self.logger
+        do {
+            try await connection.executeThenClose { inbound, outbound in
+                // S6: the service must have a connected agent; otherwise close at once.
+                guard let link = self.state.agent(serving: service) else {
+                    logger.warning(
+                        "client refused: no agent connected for this service",
+                        metadata: ["service": "\(service)", "client": "\(client)"]
+                    )
+                    return
+                }
+                let session = self.state.openSession(service: service, agent: link.id, client: client, clientChannel: channel)
+                defer { self.state.removeSession(session) }
+                logger[metadataKey: "session"] = "\(session.id)"
+                logger.info("session open", metadata: ["service": "\(service)", "client": "\(client)", "agent": "\(link.id)"])
+
+                // S7: ask the agent; S8–S10 happen there; wait for the data channel or a reason.
+                let timeout = self.state.config.attachTimeout
+                let deadline = Deadline(on: channel.eventLoop, after: .fromSeconds(timeout)) {
+                    session.fail(.attachTimeout(timeout))
+                }
+                let connect = ControlMessage.Connect(session: session.id, service: service, token: session.token, client: client)
+                if !link.send(.connect(connect)) { session.fail(.agentCongested) }
+                let data: DataLink
+                do {
+                    data = try await session.attached.get()
+                    deadline.cancel()
+                } catch {
+                    deadline.cancel()
+                    logger.warning("session failed: \(error)", metadata: ["duration": "\(Self.elapsed(session))"])
+                    return
+                }
+                defer { data.done.succeed() }
+                logger.info("session attached", metadata: ["data": "\(data.endpoint.channel.remoteAddress?.displayString ?? "?")"])
+
+                // S11–S20: join client and data channel; the client's early bytes wait in its socket until now.
+                let clientEnd = PumpEndpoint(channel: channel, reader: InboundReader(inbound), writer: outbound)
+                let outcome = await self.pump.run(clientEnd, data.endpoint, meter: session.meter)
+                let reason: String
+                if let termination = session.termination {
+                    reason = termination.description
+                } else {
+                    switch outcome {
+                    case .finished: reason = "closed by both ends"
+                    case .failed(.first, let why): reason = "client: \(why)"
+                    case .failed(.second, let why): reason = "agent side: \(why)"
+                    }
+                }
+                logger.info(
+                    "session closed",
+                    metadata: [
+                        "bytesIn": "\(session.meter.forward)", "bytesOut": "\(session.meter.backward)",
+                        "duration": "\(Self.elapsed(session))", "reason": "\(reason)",
+                    ]
+                )
+            }
+        } catch {
+            logger.debug("client connection ended with an error: \(error)")
+        }
+    }
+
+    static func elapsed(_ session: ProxySession) -> String {
+        String(format: "%.3fs", (ContinuousClock.now - session.started).inSeconds)
+    }
+}

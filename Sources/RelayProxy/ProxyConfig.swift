@@ -1,0 +1,146 @@
+import Foundation
+import RelayCore
+import RelayProtocol
+
+/// The relay's configuration (`/etc/relay/proxy.json`), fully validated; see relay-proxy.json(5).
+public struct ProxyConfig: Sendable {
+    /// One agent allowed to connect.
+    public struct Agent: Sendable {
+        /// The agent id it presents in `hello`.
+        public var id: String
+        /// Its shared secret.
+        public var secret: Secret
+    }
+
+    /// One service: a public listener whose clients are carried to an agent.
+    public struct Service: Sendable {
+        /// The service name (the connection ID of the patent).
+        public var name: String
+        /// The agent that serves it.
+        public var agent: String
+        /// Where its clients connect.
+        public var listen: HostPort
+    }
+
+    /// The default config file.
+    public static let defaultPath = "/etc/relay/proxy.json"
+    /// The default control socket for relayctl.
+    public static let defaultControlSocket = "/run/relay/proxy.sock"
+
+    /// The agent port, for control and data channels.
+    public var listen: HostPort
+    /// The Unix socket relayctl talks to.
+    public var control: String
+    /// The agents allowed to connect.
+    public var agents: [Agent]
+    /// The services carried.
+    public var services: [Service]
+    /// How often the relay pings each agent (`heartbeatIntervalSeconds`, default 10).
+    public var heartbeatInterval: Double
+    /// How long an agent may stay silent before it is dropped (`heartbeatTimeoutSeconds`, default 30).
+    public var heartbeatTimeout: Double
+    /// How long a new agent-port connection may take to authenticate and register, or to
+    /// send its attach line (`handshakeTimeoutSeconds`, default 10).
+    public var handshakeTimeout: Double
+    /// How long a client waits for its agent's data channel (`attachTimeoutSeconds`, default 10).
+    public var attachTimeout: Double
+    /// How long live sessions may drain at shutdown (`drainTimeoutSeconds`, default 30).
+    public var drainTimeout: Double
+
+    /// The keys allowed at the top level.
+    static let topLevelKeys: Set<String> = [
+        "listen", "control", "agents", "services", "heartbeatIntervalSeconds", "heartbeatTimeoutSeconds",
+        "handshakeTimeoutSeconds", "attachTimeoutSeconds", "drainTimeoutSeconds",
+    ]
+
+    /// Reads and validates the file at `path`; the error lists every problem with its JSON path.
+    public static func load(path: String) throws(ConfigError) -> ProxyConfig {
+        let (reader, root) = try ConfigReader.load(path: path)
+        let config = Self.read(root, reader: reader)
+        try reader.finish(file: path)
+        return config!
+    }
+
+    static func read(_ root: [String: JSONValue], reader: ConfigReader) -> ProxyConfig? {
+        reader.rejectUnknownKeys(root, at: "$", allowed: Self.topLevelKeys)
+        let listen = reader.address(root, "listen", at: "$")
+        let control = reader.string(root, "control", at: "$", required: false) ?? Self.defaultControlSocket
+        if control.isEmpty { reader.problem("$.control", "must not be empty") }
+
+        var agents: [Agent] = []
+        var agentPaths: [String: String] = [:]
+        for (path, object) in reader.objects(root, "agents", at: "$") {
+            reader.rejectUnknownKeys(object, at: path, allowed: ["id", "secret", "secretFile"])
+            let id = reader.name(object, "id", at: path)
+            let secret = reader.secret(object, at: path)
+            guard let id, let secret else { continue }
+            if let first = agentPaths[id] {
+                reader.problem("\(path).id", "duplicate agent id '\(id)' (first at \(first))")
+                continue
+            }
+            agentPaths[id] = path
+            agents.append(Agent(id: id, secret: secret))
+        }
+
+        var services: [Service] = []
+        var servicePaths: [String: String] = [:]
+        var listenPaths: [HostPort: String] = [:]
+        if let listen, listen.port != 0 { listenPaths[listen] = "$.listen" }
+        for (path, object) in reader.objects(root, "services", at: "$") {
+            reader.rejectUnknownKeys(object, at: path, allowed: ["name", "agent", "listen"])
+            let name = reader.name(object, "name", at: path)
+            let agent = reader.name(object, "agent", at: path)
+            let address = reader.address(object, "listen", at: path)
+            if let agent, agentPaths[agent] == nil, object["agent"] != nil {
+                reader.problem("\(path).agent", "unknown agent '\(agent)' (not in $.agents)")
+            }
+            if let name, let first = servicePaths[name] {
+                reader.problem("\(path).name", "duplicate service name '\(name)' (first at \(first))")
+            }
+            if let address, address.port != 0 {
+                if let first = listenPaths[address] {
+                    reader.problem("\(path).listen", "address \(address) is already used at \(first)")
+                } else {
+                    listenPaths[address] = "\(path).listen"
+                }
+            }
+            guard let name, let agent, let address, servicePaths[name] == nil else { continue }
+            servicePaths[name] = path
+            services.append(Service(name: name, agent: agent, listen: address))
+        }
+
+        let interval = reader.seconds(root, "heartbeatIntervalSeconds", at: "$", default: 10, range: 0.05...3600)
+        let timeout = reader.seconds(root, "heartbeatTimeoutSeconds", at: "$", default: 30, range: 0.1...86400)
+        if timeout <= interval {
+            reader.problem("$.heartbeatTimeoutSeconds", "must be longer than heartbeatIntervalSeconds (\(interval))")
+        }
+        let handshake = reader.seconds(root, "handshakeTimeoutSeconds", at: "$", default: 10, range: 0.05...600)
+        let attach = reader.seconds(root, "attachTimeoutSeconds", at: "$", default: 10, range: 0.05...600)
+        let drain = reader.seconds(root, "drainTimeoutSeconds", at: "$", default: 30, range: 0...86400)
+
+        guard let listen, reader.problems.isEmpty else { return nil }
+        return ProxyConfig(
+            listen: listen,
+            control: control,
+            agents: agents,
+            services: services,
+            heartbeatInterval: interval,
+            heartbeatTimeout: timeout,
+            handshakeTimeout: handshake,
+            attachTimeout: attach,
+            drainTimeout: drain
+        )
+    }
+
+    /// The credentials the control channel checks an agent against.
+    public func credentials(for agentID: String) -> AgentCredentials? {
+        guard let agent = self.agents.first(where: { $0.id == agentID }) else { return nil }
+        let names = self.services.filter { $0.agent == agentID }.map(\.name)
+        return AgentCredentials(secret: agent.secret, services: Set(names))
+    }
+
+    /// The service named `name`.
+    public func service(named name: String) -> Service? {
+        self.services.first { $0.name == name }
+    }
+}

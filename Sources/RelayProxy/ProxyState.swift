@@ -1,0 +1,101 @@
+import Foundation
+import NIOCore
+import RelayCore
+import RelayProtocol
+import Synchronization
+
+/// The relay's shared state: the config in force, the registered agents and the live
+/// sessions. Every change happens under one lock, never across an `await`.
+final class ProxyState: Sendable {
+    private struct Store {
+        var config: ProxyConfig
+        var agents: [String: AgentLink] = [:]
+        var sessions: [String: ProxySession] = [:]
+    }
+
+    private let store: Mutex<Store>
+
+    init(config: ProxyConfig) {
+        self.store = Mutex(Store(config: config))
+    }
+
+    /// The config in force.
+    var config: ProxyConfig {
+        self.store.withLock { $0.config }
+    }
+
+    /// The registered agent that serves `service` now, if any.
+    func agent(serving service: String) -> AgentLink? {
+        self.store.withLock { store in
+            guard let entry = store.config.service(named: service), let link = store.agents[entry.agent],
+                link.services.contains(service)
+            else { return nil }
+            return link
+        }
+    }
+
+    /// Makes `link` the agent's control channel; returns the one it replaces, if any.
+    func register(_ link: AgentLink) -> AgentLink? {
+        self.store.withLock { store in
+            let previous = store.agents[link.id]
+            store.agents[link.id] = link
+            return previous
+        }
+    }
+
+    /// Removes `link` if it is still the agent's control channel, and fails the sessions
+    /// still waiting for that agent (their clients are closed at once).
+    func unregister(_ link: AgentLink) {
+        let waiting: [ProxySession] = self.store.withLock { store in
+            guard store.agents[link.id] === link else { return [] }
+            store.agents[link.id] = nil
+            return store.sessions.values.filter { $0.agent == link.id }
+        }
+        for session in waiting { session.fail(.agentDisconnected) }
+    }
+
+    /// The registered agents.
+    var agents: [AgentLink] {
+        self.store.withLock { Array($0.agents.values) }
+    }
+
+    /// Creates and records a session with a fresh id, unique among live sessions.
+    func openSession(service: String, agent: String, client: String, clientChannel: any Channel) -> ProxySession {
+        self.store.withLock { store in
+            var id = SessionIDs.make()
+            while store.sessions[id] != nil { id = SessionIDs.make() }
+            let session = ProxySession(id: id, service: service, agent: agent, client: client, clientChannel: clientChannel)
+            store.sessions[id] = session
+            return session
+        }
+    }
+
+    /// Forgets a session that has ended.
+    func removeSession(_ session: ProxySession) {
+        session.markClosed()
+        self.store.withLock { store in
+            if store.sessions[session.id] === session { store.sessions[session.id] = nil }
+        }
+    }
+
+    /// The session with this id, if live.
+    func session(_ id: String) -> ProxySession? {
+        self.store.withLock { $0.sessions[id] }
+    }
+
+    /// All live sessions.
+    var sessions: [ProxySession] {
+        self.store.withLock { Array($0.sessions.values) }
+    }
+}
+
+extension ProxyState {
+    /// Waits until no session is live, checking every `interval` up to `timeout`; `true` if drained.
+    func waitForNoSessions(timeout: Duration, interval: Duration = .milliseconds(50)) async -> Bool {
+        let end = ContinuousClock.now + timeout
+        while !self.sessions.isEmpty {
+            guard ContinuousClock.now < end, (try? await Task.sleep(for: interval)) != nil else { return false }
+        }
+        return true
+    }
+}

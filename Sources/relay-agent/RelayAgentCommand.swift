@@ -1,0 +1,56 @@
+import ArgumentParser
+import Logging
+import RelayCore
+import RelayAgent
+import ServiceLifecycle
+
+/// relay-agent: the inside end of a reverse tunnel. See relay-agent(8).
+@main
+struct RelayAgentCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "relay-agent",
+        abstract: "Carry clients of relay-proxy to TCP servers behind a firewall or NAT.",
+        version: "relay-agent \(RelayVersion.current)"
+    )
+
+    @Option(help: "The config file.")
+    var config: String = AgentConfig.defaultPath
+
+    @Flag(help: "Validate the config, print every problem with its JSON path, and exit (1 if invalid).")
+    var checkConfig = false
+
+    @Option(help: "Least severe log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: String = "info"
+
+    func run() async throws {
+        if self.checkConfig {
+            do {
+                let config = try AgentConfig.load(path: self.config)
+                print("\(self.config): OK (agent \(config.id), relay \(config.relay), \(config.services.count) services)")
+                return
+            } catch {
+                DaemonSupport.printProblems(error)
+                throw ExitCode(1)
+            }
+        }
+        let level: Logger.Level
+        do {
+            level = try DaemonSupport.bootstrap(logLevel: self.logLevel)
+        } catch {
+            print("relay-agent: \(error)")
+            throw ExitCode(1)
+        }
+        var logger = Logger(label: "relay-agent")
+        logger.logLevel = level
+        do {
+            let config = try AgentConfig.load(path: self.config)
+            let server = AgentServer(config: config, logger: logger)
+            var quiet = logger
+            quiet.logLevel = .warning
+            try await ServiceGroup(services: [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: quiet).run()
+        } catch {
+            logger.critical("relay-agent cannot run: \(error)")
+            throw ExitCode(1)
+        }
+    }
+}

@@ -1,0 +1,56 @@
+import ArgumentParser
+import Logging
+import RelayCore
+import RelayProxy
+import ServiceLifecycle
+
+/// relay-proxy: the public relay of a reverse tunnel. See relay-proxy(8).
+@main
+struct RelayProxyCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "relay-proxy",
+        abstract: "Relay TCP clients to servers behind firewalls, through relay-agent.",
+        version: "relay-proxy \(RelayVersion.current)"
+    )
+
+    @Option(help: "The config file.")
+    var config: String = ProxyConfig.defaultPath
+
+    @Flag(help: "Validate the config, print every problem with its JSON path, and exit (1 if invalid).")
+    var checkConfig = false
+
+    @Option(help: "Least severe log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: String = "info"
+
+    func run() async throws {
+        if self.checkConfig {
+            do {
+                let config = try ProxyConfig.load(path: self.config)
+                print("\(self.config): OK (\(config.agents.count) agents, \(config.services.count) services)")
+                return
+            } catch {
+                DaemonSupport.printProblems(error)
+                throw ExitCode(1)
+            }
+        }
+        let level: Logger.Level
+        do {
+            level = try DaemonSupport.bootstrap(logLevel: self.logLevel)
+        } catch {
+            print("relay-proxy: \(error)")
+            throw ExitCode(1)
+        }
+        var logger = Logger(label: "relay-proxy")
+        logger.logLevel = level
+        do {
+            let config = try ProxyConfig.load(path: self.config)
+            let server = ProxyServer(config: config, logger: logger)
+            var quiet = logger
+            quiet.logLevel = .warning
+            try await ServiceGroup(services: [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: quiet).run()
+        } catch {
+            logger.critical("relay-proxy cannot run: \(error)")
+            throw ExitCode(1)
+        }
+    }
+}
