@@ -79,7 +79,18 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
-        .testTarget(name: "RelayProtocolTests", dependencies: ["RelayProtocol"]),
+        .testTarget(
+            name: "RelayProtocolTests",
+            dependencies: ["RelayProtocol", .product(name: "NIOCore", package: "swift-nio")]
+        ),
+        .testTarget(
+            name: "RelayCoreTests",
+            dependencies: [
+                "RelayCore", "RelayProtocol", "RelayProxy", "RelayAgent",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
         .testTarget(
             name: "RelayIntegrationTests",
             dependencies: [

@@ -91,7 +91,8 @@ public struct AgentConfig: Sendable {
         let initial = reader.seconds(root, "reconnectInitialDelaySeconds", at: "$", default: 0.5, range: 0.01...3600)
         let maximum = reader.seconds(root, "reconnectMaxDelaySeconds", at: "$", default: 30, range: 0.01...86400)
         if maximum < initial {
-            reader.problem("$.reconnectMaxDelaySeconds", "must not be shorter than reconnectInitialDelaySeconds (\(initial))")
+            reader.problem(
+                "$.reconnectMaxDelaySeconds", "must not be shorter than reconnectInitialDelaySeconds (\(initial))")
         }
         let drain = reader.seconds(root, "drainTimeoutSeconds", at: "$", default: 30, range: 0...86400)
 

@@ -60,9 +60,11 @@ final class AgentControlChannel: Sendable {
             AgentControlStateMachine(agentID: config.id, secret: config.secret, services: config.services.map(\.name))
         )
         self.heartbeat = Mutex(
-            Heartbeat(interval: .seconds(config.heartbeatInterval), timeout: .seconds(config.heartbeatTimeout), now: .now)
+            Heartbeat(
+                interval: .seconds(config.heartbeatInterval), timeout: .seconds(config.heartbeatTimeout), now: .now)
         )
-        (self.outbox, self.outboxInput) = AsyncStream.makeStream(of: Outgoing.self, bufferingPolicy: .bufferingOldest(Self.outboxLimit))
+        (self.outbox, self.outboxInput) = AsyncStream.makeStream(
+            of: Outgoing.self, bufferingPolicy: .bufferingOldest(Self.outboxLimit))
     }
 
     /// The last heartbeat round trip to the relay.
@@ -92,7 +94,8 @@ final class AgentControlChannel: Sendable {
             self.noteClose("\(error)")
         }
         self.deadline.cancel()
-        return Outcome(registered: self.registered.withLock { $0 }, reason: self.closeReason.withLock { $0 } ?? "closed")
+        return Outcome(
+            registered: self.registered.withLock { $0 }, reason: self.closeReason.withLock { $0 } ?? "closed")
     }
 
     private func read(from reader: InboundReader) async {
@@ -108,7 +111,8 @@ final class AgentControlChannel: Sendable {
                 }
                 self.perform(actions)
             }
-            self.noteClose(self.deadline.expired ? "handshake timeout (\(self.config.connectTimeout)s)" : "closed by relay")
+            self.noteClose(
+                self.deadline.expired ? "handshake timeout (\(self.config.connectTimeout)s)" : "closed by relay")
         } catch let error as ProtocolError {
             self.perform(self.machine.withLock { $0.receiveInvalid(error) })
         } catch {
@@ -187,7 +191,8 @@ final class AgentControlChannel: Sendable {
             case .peerError(let report):
                 let message = report.message.prefix(ProtocolLimits.maxReasonLength)
                 if report.code == .authFailed {
-                    self.logger.error("relay refused authentication: check this agent's id and secret against the relay's config")
+                    self.logger.error(
+                        "relay refused authentication: check this agent's id and secret against the relay's config")
                 }
                 self.noteClose("relay closed the channel (\(report.code.rawValue)): \(message)")
                 self.outboxInput.yield(.close)

@@ -40,7 +40,10 @@ public final class AgentServer: Service, Sendable {
         let config = self.state.config
         self.logger.info(
             "relay-agent starting",
-            metadata: ["version": "\(RelayVersion.current)", "agent": "\(config.id)", "relay": "\(config.relay)", "services": "\(config.services.count)"]
+            metadata: [
+                "version": "\(RelayVersion.current)", "agent": "\(config.id)", "relay": "\(config.relay)",
+                "services": "\(config.services.count)",
+            ]
         )
         let runner = SessionRunner(state: self.state, group: self.group, pump: self.pump, logger: self.logger)
         await withDiscardingTaskGroup { group in
@@ -62,7 +65,8 @@ public final class AgentServer: Service, Sendable {
     /// Keeps a control channel to the relay until shutdown (S1–S4, again after every loss).
     private func connectLoop() async {
         let config = self.state.config
-        var backoff = Backoff(initial: .seconds(config.reconnectInitialDelay), maximum: .seconds(config.reconnectMaxDelay))
+        var backoff = Backoff(
+            initial: .seconds(config.reconnectInitialDelay), maximum: .seconds(config.reconnectMaxDelay))
         var attempt = 0
         while !self.state.isShuttingDown {
             attempt += 1
@@ -70,7 +74,8 @@ public final class AgentServer: Service, Sendable {
             let started = ContinuousClock.now
             let reason: String
             do {
-                let connection = try await Network.dial(config.relay, timeout: .fromSeconds(config.connectTimeout), group: self.group)
+                let connection = try await Network.dial(
+                    config.relay, timeout: .fromSeconds(config.connectTimeout), group: self.group)
                 guard self.state.setControlChannel(connection.channel) else {
                     connection.channel.close(promise: nil)
                     break

@@ -18,14 +18,18 @@ struct SessionRunner {
         var logger = self.logger
         logger[metadataKey: "session"] = "\(connect.session)"
         guard let service = config.service(named: connect.service) else {
-            control.refuse(session: connect.session, code: .unknownService, message: "agent does not serve '\(connect.service)'")
+            control.refuse(
+                session: connect.session, code: .unknownService, message: "agent does not serve '\(connect.service)'")
             return
         }
         let timeout = TimeAmount.fromSeconds(config.connectTimeout)
-        let session = AgentSession(id: connect.session, service: service.name, client: connect.client, target: "\(service.target)")
+        let session = AgentSession(
+            id: connect.session, service: service.name, client: connect.client, target: "\(service.target)")
         self.state.add(session)
         defer { self.state.remove(session) }
-        logger.info("session open", metadata: ["service": "\(service.name)", "client": "\(connect.client)", "target": "\(service.target)"])
+        logger.info(
+            "session open",
+            metadata: ["service": "\(service.name)", "client": "\(connect.client)", "target": "\(service.target)"])
 
         // S9: the target first, so that a target that is down is refused with its reason.
         let target: TCPConnection
@@ -55,11 +59,16 @@ struct SessionRunner {
             outcome = try await data.executeThenClose { dataIn, dataOut in
                 try await target.executeThenClose { targetIn, targetOut in
                     let reader = InboundReader(dataIn)
-                    guard try await self.attach(connect, reader: reader, writer: dataOut, channel: data.channel, timeout: timeout, logger: logger)
+                    guard
+                        try await self.attach(
+                            connect, reader: reader, writer: dataOut, channel: data.channel, timeout: timeout,
+                            logger: logger)
                     else { return nil }
-                    logger.info("session attached", metadata: ["data": "\(data.channel.localAddress?.displayString ?? "?")"])
+                    logger.info(
+                        "session attached", metadata: ["data": "\(data.channel.localAddress?.displayString ?? "?")"])
                     let relaySide = PumpEndpoint(channel: data.channel, reader: reader, writer: dataOut)
-                    let targetSide = PumpEndpoint(channel: target.channel, reader: InboundReader(targetIn), writer: targetOut)
+                    let targetSide = PumpEndpoint(
+                        channel: target.channel, reader: InboundReader(targetIn), writer: targetOut)
                     return await self.pump.run(relaySide, targetSide, meter: session.meter)
                 }
             }
@@ -104,7 +113,9 @@ struct SessionRunner {
             return false
         }
         guard let reply else {
-            logger.warning("session failed: relay closed the data channel \(deadline.expired ? "(no answer in time)" : "before answering")")
+            logger.warning(
+                "session failed: relay closed the data channel \(deadline.expired ? "(no answer in time)" : "before answering")"
+            )
             return false
         }
         if let error = AttachReply.evaluate(reply, session: connect.session) {

@@ -60,13 +60,15 @@ public final class ConfigReader {
         switch Self.readFile(path) {
         case .success(let bytes): data = bytes
         case .failure(let reason):
-            throw ConfigError(file: path, problems: [.init(path: "$", message: "cannot read the file: \(reason.description)")])
+            throw ConfigError(
+                file: path, problems: [.init(path: "$", message: "cannot read the file: \(reason.description)")])
         }
         let root: JSONValue
         do {
             root = try JSONDecoder().decode(JSONValue.self, from: data)
         } catch {
-            throw ConfigError(file: path, problems: [.init(path: "$", message: "not valid JSON: \(Self.reason(error))")])
+            throw ConfigError(
+                file: path, problems: [.init(path: "$", message: "not valid JSON: \(Self.reason(error))")])
         }
         guard case .object(let object) = root else {
             throw ConfigError(file: path, problems: [.init(path: "$", message: "must be a JSON object")])
@@ -87,7 +89,8 @@ public final class ConfigReader {
     }
 
     /// A string value; `nil` when missing (a problem if `required`) or not a string.
-    public func string(_ object: [String: JSONValue], _ key: String, at path: String, required: Bool = true) -> String? {
+    public func string(_ object: [String: JSONValue], _ key: String, at path: String, required: Bool = true) -> String?
+    {
         switch object[key] {
         case .string(let value)?: return value
         case nil:
@@ -111,7 +114,9 @@ public final class ConfigReader {
         case nil: return defaultValue
         case .number(let value)? where range.contains(value): return value
         case .number?:
-            self.problem("\(path).\(key)", "must be between \(Self.format(range.lowerBound)) and \(Self.format(range.upperBound)) seconds")
+            self.problem(
+                "\(path).\(key)",
+                "must be between \(Self.format(range.lowerBound)) and \(Self.format(range.upperBound)) seconds")
             return defaultValue
         case let other?:
             self.problem("\(path).\(key)", "must be a number of seconds, not \(other.kindDescription)")

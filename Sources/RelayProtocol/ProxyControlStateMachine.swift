@@ -112,7 +112,8 @@ public struct ProxyControlStateMachine: Sendable {
             let assigned = self.lookup(agent)?.services ?? []
             var accepted: [String] = []
             var refused: [ControlMessage.RefusedService] = []
-            for name in register.services where !accepted.contains(name) && !refused.contains(where: { $0.service == name }) {
+            for name in register.services
+            where !accepted.contains(name) && !refused.contains(where: { $0.service == name }) {
                 if assigned.contains(name) {
                     accepted.append(name)
                 } else {

@@ -24,7 +24,9 @@ final class AgentLink: Sendable {
     private let outbox: AsyncStream<Outgoing>.Continuation
     private let roundTripStore = Mutex<Duration?>(nil)
 
-    init(id: String, remote: String, services: [String], channel: any Channel, outbox: AsyncStream<Outgoing>.Continuation) {
+    init(
+        id: String, remote: String, services: [String], channel: any Channel, outbox: AsyncStream<Outgoing>.Continuation
+    ) {
         self.id = id
         self.remote = remote
         self.connectedAt = Date()

@@ -52,7 +52,8 @@ struct AgentPort {
                     await self.attach(attach, channel: channel, reader: reader, outbound: outbound, logger: logger)
                 default:
                     deadline.cancel()
-                    let error = ProtocolError(.unexpectedMessage, "the first line must be 'hello' or 'attach', not '\(first.type)'")
+                    let error = ProtocolError(
+                        .unexpectedMessage, "the first line must be 'hello' or 'attach', not '\(first.type)'")
                     logger.warning("agent-port connection refused: \(error)")
                     try? await outbound.write(ControlCodec.encode(error.errorMessage))
                 }
@@ -78,7 +79,8 @@ struct AgentPort {
             try? await outbound.write(ControlCodec.encode(error.errorMessage))
         }
         guard attach.version == ProtocolLimits.version else {
-            return await refuse(ProtocolError(.unsupportedVersion, "this relay speaks protocol version \(ProtocolLimits.version)"))
+            return await refuse(
+                ProtocolError(.unsupportedVersion, "this relay speaks protocol version \(ProtocolLimits.version)"))
         }
         guard let session = self.state.session(attach.session) else {
             return await refuse(ProtocolError(.unknownSession, "no pending session with this id"))
@@ -96,7 +98,8 @@ struct AgentPort {
                 return
             }
             let done = channel.eventLoop.makePromise(of: Void.self)
-            promise.succeed(DataLink(endpoint: PumpEndpoint(channel: channel, reader: reader, writer: outbound), done: done))
+            promise.succeed(
+                DataLink(endpoint: PumpEndpoint(channel: channel, reader: reader, writer: outbound), done: done))
             try? await done.futureResult.get()
         }
     }

@@ -26,17 +26,20 @@ struct ClientHandler {
                     )
                     return
                 }
-                let session = self.state.openSession(service: service, agent: link.id, client: client, clientChannel: channel)
+                let session = self.state.openSession(
+                    service: service, agent: link.id, client: client, clientChannel: channel)
                 defer { self.state.removeSession(session) }
                 logger[metadataKey: "session"] = "\(session.id)"
-                logger.info("session open", metadata: ["service": "\(service)", "client": "\(client)", "agent": "\(link.id)"])
+                logger.info(
+                    "session open", metadata: ["service": "\(service)", "client": "\(client)", "agent": "\(link.id)"])
 
                 // S7: ask the agent; S8–S10 happen there; wait for the data channel or a reason.
                 let timeout = self.state.config.attachTimeout
                 let deadline = Deadline(on: channel.eventLoop, after: .fromSeconds(timeout)) {
                     session.fail(.attachTimeout(timeout))
                 }
-                let connect = ControlMessage.Connect(session: session.id, service: service, token: session.token, client: client)
+                let connect = ControlMessage.Connect(
+                    session: session.id, service: service, token: session.token, client: client)
                 if !link.send(.connect(connect)) { session.fail(.agentCongested) }
                 let data: DataLink
                 do {
@@ -48,7 +51,9 @@ struct ClientHandler {
                     return
                 }
                 defer { data.done.succeed() }
-                logger.info("session attached", metadata: ["data": "\(data.endpoint.channel.remoteAddress?.displayString ?? "?")"])
+                logger.info(
+                    "session attached",
+                    metadata: ["data": "\(data.endpoint.channel.remoteAddress?.displayString ?? "?")"])
 
                 // S11–S20: join client and data channel; the client's early bytes wait in its socket until now.
                 let clientEnd = PumpEndpoint(channel: channel, reader: InboundReader(inbound), writer: outbound)

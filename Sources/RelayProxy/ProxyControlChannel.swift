@@ -42,7 +42,8 @@ final class ProxyControlChannel: Sendable {
             }
         )
         self.heartbeat = Mutex(
-            Heartbeat(interval: .seconds(config.heartbeatInterval), timeout: .seconds(config.heartbeatTimeout), now: .now)
+            Heartbeat(
+                interval: .seconds(config.heartbeatInterval), timeout: .seconds(config.heartbeatTimeout), now: .now)
         )
         (self.outbox, self.outboxInput) = AsyncStream.makeStream(
             of: AgentLink.Outgoing.self,
@@ -136,7 +137,9 @@ final class ProxyControlChannel: Sendable {
                     for refused in registered.refused {
                         self.logger.warning(
                             "agent registration refused a service",
-                            metadata: ["agent": "\(agent)", "service": "\(refused.service)", "reason": "\(refused.message)"]
+                            metadata: [
+                                "agent": "\(agent)", "service": "\(refused.service)", "reason": "\(refused.message)",
+                            ]
                         )
                     }
                 }
@@ -163,7 +166,8 @@ final class ProxyControlChannel: Sendable {
                 }
                 self.link.withLock { $0?.roundTrip = roundTrip }
             case .peerError(let report):
-                self.noteClose("agent reported \(report.code.rawValue): \(report.message.prefix(ProtocolLimits.maxReasonLength))")
+                self.noteClose(
+                    "agent reported \(report.code.rawValue): \(report.message.prefix(ProtocolLimits.maxReasonLength))")
                 self.outboxInput.yield(.close)
             }
         }
@@ -172,7 +176,8 @@ final class ProxyControlChannel: Sendable {
     private func register(agent: String, services: [String]) {
         self.deadline.cancel()
         self.heartbeat.withLock { $0.heard(at: .now) }
-        let link = AgentLink(id: agent, remote: self.remote, services: services, channel: self.channel, outbox: self.outboxInput)
+        let link = AgentLink(
+            id: agent, remote: self.remote, services: services, channel: self.channel, outbox: self.outboxInput)
         self.link.withLock { $0 = link }
         if let previous = self.state.register(link) {
             self.logger.warning(
@@ -181,6 +186,7 @@ final class ProxyControlChannel: Sendable {
             )
             previous.close(.replaced, "a newer control channel for agent '\(agent)' took over")
         }
-        self.logger.info("agent connected", metadata: ["agent": "\(agent)", "services": "\(services.joined(separator: ","))"])
+        self.logger.info(
+            "agent connected", metadata: ["agent": "\(agent)", "services": "\(services.joined(separator: ","))"])
     }
 }

@@ -42,10 +42,16 @@ public final class ProxyServer: Service, Sendable {
         let agentListener = try await self.bind(config.listen, what: "agent port", metadata: ["role": "agents"])
         var serviceListeners: [(String, TCPListener)] = []
         for service in config.services {
-            let listener = try await self.bind(service.listen, what: "service '\(service.name)'", metadata: ["service": "\(service.name)"])
+            let listener = try await self.bind(
+                service.listen, what: "service '\(service.name)'", metadata: ["service": "\(service.name)"])
             serviceListeners.append((service.name, listener))
         }
-        self.logger.info("relay-proxy ready", metadata: ["version": "\(RelayVersion.current)", "agents": "\(config.agents.count)", "services": "\(config.services.count)"])
+        self.logger.info(
+            "relay-proxy ready",
+            metadata: [
+                "version": "\(RelayVersion.current)", "agents": "\(config.agents.count)",
+                "services": "\(config.services.count)",
+            ])
         self.onReady()
 
         let agentPort = AgentPort(state: self.state, logger: self.logger)
@@ -69,7 +75,9 @@ public final class ProxyServer: Service, Sendable {
     private func shutdownWhenAsked(drainTimeout: Double) async {
         let graceful = (try? await gracefulShutdown()) != nil
         let live = self.state.sessions.count
-        self.logger.info("shutting down: no longer accepting", metadata: ["sessions": "\(live)", "drainTimeoutSeconds": "\(drainTimeout)"])
+        self.logger.info(
+            "shutting down: no longer accepting",
+            metadata: ["sessions": "\(live)", "drainTimeoutSeconds": "\(drainTimeout)"])
         for listener in self.listeners.withLock({ $0 }) { listener.channel.close(promise: nil) }
         for agent in self.state.agents { agent.close(.shuttingDown, "the relay is shutting down") }
         for session in self.state.sessions where { if case .pending = $0.phase { true } else { false } }(session) {

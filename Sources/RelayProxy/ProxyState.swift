@@ -64,7 +64,8 @@ final class ProxyState: Sendable {
         self.store.withLock { store in
             var id = SessionIDs.make()
             while store.sessions[id] != nil { id = SessionIDs.make() }
-            let session = ProxySession(id: id, service: service, agent: agent, client: client, clientChannel: clientChannel)
+            let session = ProxySession(
+                id: id, service: service, agent: agent, client: client, clientChannel: clientChannel)
             store.sessions[id] = session
             return session
         }

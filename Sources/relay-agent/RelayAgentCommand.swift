@@ -1,7 +1,7 @@
 import ArgumentParser
 import Logging
-import RelayCore
 import RelayAgent
+import RelayCore
 import ServiceLifecycle
 
 /// relay-agent: the inside end of a reverse tunnel. See relay-agent(8).
@@ -26,7 +26,8 @@ struct RelayAgentCommand: AsyncParsableCommand {
         if self.checkConfig {
             do {
                 let config = try AgentConfig.load(path: self.config)
-                print("\(self.config): OK (agent \(config.id), relay \(config.relay), \(config.services.count) services)")
+                print(
+                    "\(self.config): OK (agent \(config.id), relay \(config.relay), \(config.services.count) services)")
                 return
             } catch {
                 DaemonSupport.printProblems(error)
@@ -47,7 +48,8 @@ struct RelayAgentCommand: AsyncParsableCommand {
             let server = AgentServer(config: config, logger: logger)
             var quiet = logger
             quiet.logLevel = .warning
-            try await ServiceGroup(services: [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: quiet).run()
+            try await ServiceGroup(services: [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: quiet)
+                .run()
         } catch {
             logger.critical("relay-agent cannot run: \(error)")
             throw ExitCode(1)

@@ -47,7 +47,8 @@ struct RelayProxyCommand: AsyncParsableCommand {
             let server = ProxyServer(config: config, logger: logger)
             var quiet = logger
             quiet.logLevel = .warning
-            try await ServiceGroup(services: [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: quiet).run()
+            try await ServiceGroup(services: [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: quiet)
+                .run()
         } catch {
             logger.critical("relay-proxy cannot run: \(error)")
             throw ExitCode(1)

@@ -10,4 +10,3 @@ struct RelayCtl: ParsableCommand {
         version: "relayctl \(RelayVersion.current)"
     )
 }
-
