@@ -12,8 +12,19 @@ public enum DaemonSupport {
             throw DaemonError("unknown log level '\(logLevel)' (use one of: \(logLevels.joined(separator: ", ")))")
         }
         signal(SIGPIPE, SIG_IGN)
+        Self.raiseDescriptorLimit()
         StderrLogHandler.bootstrap(level: level)
         return level
+    }
+
+    /// Raises the soft limit on open descriptors to the hard limit: every session holds
+    /// two sockets, and the soft default (often 1024) would cap a daemon at a few hundred.
+    public static func raiseDescriptorLimit() {
+        var limit = rlimit()
+        guard getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur < limit.rlim_max
+        else { return }
+        limit.rlim_cur = limit.rlim_max
+        _ = setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit)
     }
 
     /// Prints every problem of a config on its own line (`path: message`) to stderr.

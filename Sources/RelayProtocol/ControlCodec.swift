@@ -24,7 +24,7 @@ public enum ControlCodec {
         } catch let error as ProtocolError {
             throw error
         } catch let error as DecodingError {
-            throw Self.describe(error)
+            throw Self.describe(error, data: data)
         } catch {
             throw ProtocolError(.badJSON, "invalid JSON")
         }
@@ -32,13 +32,26 @@ public enum ControlCodec {
         return message
     }
 
-    private static func describe(_ error: DecodingError) -> ProtocolError {
+    private static func describe(_ error: DecodingError, data: Data) -> ProtocolError {
         func path(_ context: DecodingError.Context) -> String {
-            let keys = context.codingPath.map { $0.stringValue }
-            return keys.isEmpty ? "message" : "field '\(keys.joined(separator: "."))'"
+            guard !context.codingPath.isEmpty else { return "message" }
+            var text = ""
+            for key in context.codingPath {
+                if let index = key.intValue {
+                    text += "[\(index)]"
+                } else {
+                    text += text.isEmpty ? key.stringValue : ".\(key.stringValue)"
+                }
+            }
+            return "field '\(text)'"
         }
         switch error {
         case .dataCorrupted(let context) where context.codingPath.isEmpty:
+            // Foundation reports a number that does not fit its field (-1 or 1.5 for a count)
+            // like broken JSON, without a path: tell the two apart by parsing the line again.
+            if (try? JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed])) != nil {
+                return ProtocolError(.badMessage, "a number is out of range for its field")
+            }
             return ProtocolError(.badJSON, "invalid JSON")
         case .dataCorrupted(let context):
             return ProtocolError(.badMessage, "invalid value in \(path(context))")

@@ -47,7 +47,10 @@ struct ClientHandler {
                     deadline.cancel()
                 } catch {
                     deadline.cancel()
-                    logger.warning("session failed: \(error)", metadata: ["duration": "\(Self.elapsed(session))"])
+                    logger.warning(
+                        "session failed: \(error)",
+                        metadata: ["service": "\(service)", "duration": "\(Self.elapsed(session))"]
+                    )
                     return
                 }
                 defer { data.done.succeed() }

@@ -1,0 +1,169 @@
+import Foundation
+import Synchronization
+import Testing
+
+/// Where the built executables are: beside the test bundle, or `RELAY_BIN_DIR`.
+enum Binaries {
+    static var directory: String {
+        if let dir = ProcessInfo.processInfo.environment["RELAY_BIN_DIR"] { return dir }
+        var url = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
+        while url.path != "/" {
+            url.deleteLastPathComponent()
+            if FileManager.default.isExecutableFile(atPath: url.appendingPathComponent("relay-proxy").path) {
+                return url.path
+            }
+        }
+        return FileManager.default.currentDirectoryPath + "/.build/debug"
+    }
+
+    static func path(_ name: String) -> String { directory + "/" + name }
+}
+
+/// Errors of the harness itself, with what it was waiting for.
+struct HarnessError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// A daemon started as a real process, its stderr collected line by line so tests can
+/// await log lines as readiness signals.
+final class DaemonProcess: Sendable {
+    let name: String
+    let process: Process
+    private let lines = Mutex<[String]>([])
+    private let partial = Mutex<Data>(Data())
+
+    /// Starts `binary` with `arguments`; stdout is discarded, stderr is collected.
+    init(_ binary: String, arguments: [String], name: String) throws {
+        self.name = name
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Binaries.path(binary))
+        process.arguments = arguments
+        let pipe = Pipe()
+        process.standardError = pipe
+        process.standardOutput = FileHandle.nullDevice
+        process.standardInput = FileHandle.nullDevice
+        self.process = process
+        pipe.fileHandleForReading.readabilityHandler = { [weak self] handle in
+            let data = handle.availableData
+            guard let self else { return }
+            if data.isEmpty {
+                handle.readabilityHandler = nil
+                return
+            }
+            self.absorb(data)
+        }
+        try process.run()
+    }
+
+    private func absorb(_ data: Data) {
+        let complete: [String] = self.partial.withLock { buffer in
+            buffer.append(data)
+            var found: [String] = []
+            while let newline = buffer.firstIndex(of: UInt8(ascii: "\n")) {
+                found.append(String(decoding: buffer[buffer.startIndex..<newline], as: UTF8.self))
+                buffer.removeSubrange(buffer.startIndex...newline)
+            }
+            return found
+        }
+        if !complete.isEmpty {
+            if ProcessInfo.processInfo.environment["RELAY_TEST_VERBOSE"] != nil {
+                for line in complete { print("[\(self.name)] \(line)") }
+            }
+            self.lines.withLock { $0.append(contentsOf: complete) }
+        }
+    }
+
+    var pid: Int32 { self.process.processIdentifier }
+    var isRunning: Bool { self.process.isRunning }
+
+    /// Every log line so far.
+    var log: [String] { self.lines.withLock { $0 } }
+
+    /// The log lines containing every one of `fragments`.
+    func lines(containing fragments: String...) -> [String] {
+        self.log.filter { line in fragments.allSatisfy { line.contains($0) } }
+    }
+
+    /// Waits for the `count`-th log line containing all `fragments`, and returns it.
+    @discardableResult
+    func waitForLine(containing fragments: String..., count: Int = 1, timeout: Duration = .seconds(10)) async throws
+        -> String
+    {
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            let matching = self.log.filter { line in fragments.allSatisfy { line.contains($0) } }
+            if matching.count >= count { return matching[count - 1] }
+            guard self.process.isRunning else {
+                throw HarnessError(
+                    "\(self.name) exited (status \(self.process.terminationStatus)) before logging \(fragments); log:\n\(self.log.joined(separator: "\n"))"
+                )
+            }
+            guard ContinuousClock.now < deadline else {
+                throw HarnessError(
+                    "\(self.name) did not log \(fragments) within \(timeout); log:\n\(self.log.suffix(30).joined(separator: "\n"))"
+                )
+            }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+    }
+
+    /// The number of open file descriptors of the process (from /proc).
+    var openDescriptors: Int {
+        (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(self.pid)/fd").count) ?? -1
+    }
+
+    /// Resident memory in KiB (VmRSS from /proc).
+    var residentKiB: Int {
+        guard let status = try? String(contentsOfFile: "/proc/\(self.pid)/status", encoding: .utf8) else { return -1 }
+        for line in status.split(separator: "\n") where line.hasPrefix("VmRSS:") {
+            return Int(line.split(separator: " ", omittingEmptySubsequences: true)[1]) ?? -1
+        }
+        return -1
+    }
+
+    /// Waits until the descriptor count is at most `limit` (closes are asynchronous).
+    func waitForDescriptors(atMost limit: Int, timeout: Duration = .seconds(5)) async throws {
+        let deadline = ContinuousClock.now + timeout
+        while self.openDescriptors > limit {
+            guard ContinuousClock.now < deadline else {
+                let listing = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(self.pid)/fd")) ?? []
+                let targets = listing.compactMap {
+                    try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(self.pid)/fd/\($0)")
+                }
+                throw HarnessError(
+                    "\(self.name) still has \(self.openDescriptors) descriptors open, expected at most \(limit): \(targets.sorted())"
+                )
+            }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+    }
+
+    /// Sends a signal.
+    func signal(_ signal: Int32) {
+        kill(self.pid, signal)
+    }
+
+    /// Waits for the process to exit and returns its status.
+    @discardableResult
+    func waitForExit(timeout: Duration = .seconds(10)) async throws -> Int32 {
+        let deadline = ContinuousClock.now + timeout
+        while self.process.isRunning {
+            guard ContinuousClock.now < deadline else {
+                throw HarnessError("\(self.name) did not exit within \(timeout)")
+            }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        return self.process.terminationStatus
+    }
+
+    /// Stops the process: SIGTERM, then SIGKILL if it lingers.
+    func stop() async {
+        guard self.process.isRunning else { return }
+        self.signal(SIGTERM)
+        if (try? await self.waitForExit(timeout: .seconds(5))) == nil {
+            self.signal(SIGKILL)
+            _ = try? await self.waitForExit(timeout: .seconds(5))
+        }
+    }
+}

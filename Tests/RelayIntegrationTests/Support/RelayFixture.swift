@@ -1,0 +1,140 @@
+import Foundation
+import NIOCore
+import NIOPosix
+
+/// A relay-proxy and its relay-agents as real processes with configs in a temporary
+/// directory, all on loopback with OS-chosen ports learnt from the daemons' logs.
+final class RelayFixture {
+    struct Agent {
+        var id: String
+        var secret: String
+    }
+
+    struct Service {
+        var name: String
+        var agent: String
+    }
+
+    let directory: String
+    var agents: [Agent]
+    var services: [Service]
+    var proxyOptions: [String: Any]
+    private(set) var proxy: DaemonProcess!
+    private(set) var agentPort = 0
+    private(set) var servicePorts: [String: Int] = [:]
+    private(set) var agentProcesses: [String: DaemonProcess] = [:]
+    private var proxyGeneration = 0
+
+    init(agents: [Agent], services: [Service], proxyOptions: [String: Any] = [:]) throws {
+        self.directory = NSTemporaryDirectory() + "relay-test-" + UUID().uuidString.prefix(8)
+        try FileManager.default.createDirectory(atPath: self.directory, withIntermediateDirectories: true)
+        self.agents = agents
+        self.services = services
+        self.proxyOptions = proxyOptions
+    }
+
+    /// Writes the proxy's config (ports learnt before are kept, so a restart reuses them) and
+    /// starts it; returns once it logged that it is ready.
+    @discardableResult
+    func startProxy() async throws -> DaemonProcess {
+        self.proxyGeneration += 1
+        var config: [String: Any] = [
+            "listen": "127.0.0.1:\(self.agentPort)",
+            "control": self.directory + "/proxy.sock",
+            "agents": self.agents.map { ["id": $0.id, "secret": $0.secret] },
+            "services": self.services.map {
+                ["name": $0.name, "agent": $0.agent, "listen": "127.0.0.1:\(self.servicePorts[$0.name] ?? 0)"]
+            },
+        ]
+        config.merge(self.proxyOptions) { _, new in new }
+        let path = try self.write(config, to: "proxy.json")
+        let proxy = try DaemonProcess(
+            "relay-proxy", arguments: ["--config", path], name: "proxy\(self.proxyGeneration)")
+        self.proxy = proxy
+        try await proxy.waitForLine(containing: "relay-proxy ready")
+        for line in proxy.lines(containing: "listening") {
+            let port = Self.port(in: line)
+            if line.contains("role=agents") {
+                self.agentPort = port
+            } else if let name = Self.field("service", in: line) {
+                self.servicePorts[name] = port
+            }
+        }
+        return proxy
+    }
+
+    /// Starts an agent serving `services` (name → target port); by default waits until it registered.
+    @discardableResult
+    func startAgent(
+        id: String,
+        secret: String? = nil,
+        services: [String: Int],
+        options: [String: Any] = [:],
+        waitForRegistration: Bool = true
+    ) async throws -> DaemonProcess {
+        let secret = secret ?? self.agents.first { $0.id == id }?.secret ?? "unknown"
+        var config: [String: Any] = [
+            "relay": "127.0.0.1:\(self.agentPort)",
+            "id": id,
+            "secret": secret,
+            "control": self.directory + "/agent-\(id).sock",
+            "services": services.keys.sorted().map { ["name": $0, "target": "127.0.0.1:\(services[$0]!)"] },
+            "reconnectInitialDelaySeconds": 0.2,
+            "reconnectMaxDelaySeconds": 1.0,
+        ]
+        config.merge(options) { _, new in new }
+        let path = try self.write(config, to: "agent-\(id).json")
+        let agent = try DaemonProcess("relay-agent", arguments: ["--config", path], name: "agent-\(id)")
+        self.agentProcesses[id] = agent
+        if waitForRegistration {
+            try await agent.waitForLine(containing: "registered with relay")
+        }
+        return agent
+    }
+
+    func servicePort(_ name: String) -> Int { self.servicePorts[name]! }
+
+    /// Stops every daemon and removes the directory.
+    func shutdown() async {
+        for agent in self.agentProcesses.values { await agent.stop() }
+        await self.proxy?.stop()
+        try? FileManager.default.removeItem(atPath: self.directory)
+    }
+
+    func write(_ object: Any, to name: String) throws -> String {
+        let path = self.directory + "/" + name
+        let data = try JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys])
+        try data.write(to: URL(fileURLWithPath: path))
+        return path
+    }
+
+    static func port(in line: String) -> Int {
+        guard let address = field("address", in: line), let colon = address.lastIndex(of: ":") else { return 0 }
+        return Int(address[address.index(after: colon)...]) ?? 0
+    }
+
+    static func field(_ key: String, in line: String) -> String? {
+        for part in line.split(separator: " ") where part.hasPrefix(key + "=") {
+            return String(part.dropFirst(key.count + 1))
+        }
+        return nil
+    }
+}
+
+/// Runs `body` with a fixture and always shuts it down, also when the body throws.
+func withFixture<T>(
+    agents: [RelayFixture.Agent],
+    services: [RelayFixture.Service],
+    proxyOptions: [String: Any] = [:],
+    _ body: (RelayFixture) async throws -> T
+) async throws -> T {
+    let fixture = try RelayFixture(agents: agents, services: services, proxyOptions: proxyOptions)
+    do {
+        let result = try await body(fixture)
+        await fixture.shutdown()
+        return result
+    } catch {
+        await fixture.shutdown()
+        throw error
+    }
+}

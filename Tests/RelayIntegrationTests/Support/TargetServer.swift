@@ -1,0 +1,154 @@
+import NIOCore
+import NIOPosix
+import Synchronization
+
+/// A TCP server inside the "firewall", run in the test process on 127.0.0.1 with an
+/// OS-chosen port.
+final class TargetServer: Sendable {
+    /// What the server does with each connection.
+    enum Behaviour: Sendable {
+        /// Writes back whatever it reads; passes a half-close on after the echo.
+        case echo
+        /// Reads until end of stream, then writes the SHA-256 (hex) of what it read and a newline, then closes.
+        case hashReply
+        /// Writes `bytes` of ``TestData`` as fast as the peer takes them (honouring
+        /// writability), then closes; ignores what it reads.
+        case source(bytes: Int)
+    }
+
+    /// Counters shared by all connections.
+    final class Stats: Sendable {
+        let accepted = Atomic<Int>(0)
+        let closed = Atomic<Int>(0)
+        let bytesWritten = Atomic<Int>(0)
+        let sourceDigests = Mutex<[String]>([])
+    }
+
+    let channel: any Channel
+    let stats: Stats
+    var port: Int { self.channel.localAddress!.port! }
+
+    private init(channel: any Channel, stats: Stats) {
+        self.channel = channel
+        self.stats = stats
+    }
+
+    static func start(_ behaviour: Behaviour) async throws -> TargetServer {
+        let stats = Stats()
+        let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.allowRemoteHalfClosure, value: true)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    stats.accepted.add(1, ordering: .relaxed)
+                    channel.closeFuture.whenComplete { _ in stats.closed.add(1, ordering: .relaxed) }
+                    let handler: any ChannelHandler =
+                        switch behaviour {
+                        case .echo: EchoHandler()
+                        case .hashReply: HashReplyHandler()
+                        case .source(let bytes): SourceHandler(total: bytes, stats: stats)
+                        }
+                    try channel.pipeline.syncOperations.addHandler(handler)
+                }
+            }
+            .bind(host: "127.0.0.1", port: 0).get()
+        return TargetServer(channel: channel, stats: stats)
+    }
+
+    /// A port on which nothing listens (bound, then closed again).
+    static func closedPort() async throws -> Int {
+        let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .bind(host: "127.0.0.1", port: 0).get()
+        let port = channel.localAddress!.port!
+        try await channel.close()
+        return port
+    }
+
+    func close() async {
+        try? await self.channel.close()
+    }
+}
+
+private final class EchoHandler: ChannelInboundHandler, Sendable {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        context.write(data, promise: nil)
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        context.flush()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case ChannelEvent.inputClosed = event {
+            context.close(mode: .output, promise: nil)
+        }
+    }
+}
+
+private final class HashReplyHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+    private var digest = Digest()
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        self.digest.update(self.unwrapInboundIn(data))
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case ChannelEvent.inputClosed = event {
+            let reply = ByteBuffer(string: self.digest.hex() + "\n")
+            let channel = context.channel
+            context.writeAndFlush(self.wrapOutboundOut(reply)).whenComplete { _ in
+                channel.close(promise: nil)
+            }
+        }
+    }
+}
+
+private final class SourceHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+    static let chunk = 64 * 1024
+    private let total: Int
+    private let stats: TargetServer.Stats
+    private var sent = 0
+    private var digest = Digest()
+
+    init(total: Int, stats: TargetServer.Stats) {
+        self.total = total
+        self.stats = stats
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        self.pump(context: context)
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        self.pump(context: context)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {}
+
+    private func pump(context: ChannelHandlerContext) {
+        while context.channel.isWritable && self.sent < self.total {
+            let count = min(Self.chunk, self.total - self.sent)
+            let slice = TestData.slice(offset: self.sent, length: count)
+            self.digest.update(slice)
+            self.sent += count
+            self.stats.bytesWritten.add(count, ordering: .relaxed)
+            context.write(self.wrapOutboundOut(slice), promise: nil)
+            if self.sent == self.total {
+                self.stats.sourceDigests.withLock { $0.append(self.digest.hex()) }
+                let channel = context.channel
+                context.writeAndFlush(self.wrapOutboundOut(ByteBuffer())).whenComplete { _ in
+                    channel.close(promise: nil)
+                }
+                return
+            }
+        }
+        context.flush()
+    }
+}

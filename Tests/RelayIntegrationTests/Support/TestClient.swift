@@ -1,0 +1,60 @@
+import NIOCore
+import NIOPosix
+
+/// A client outside the firewall: a plain TCP connection to a relay service's port.
+enum TestClient {
+    typealias Connection = NIOAsyncChannel<ByteBuffer, ByteBuffer>
+
+    static func connect(port: Int, host: String = "127.0.0.1") async throws -> Connection {
+        try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .channelOption(.allowRemoteHalfClosure, value: true)
+            .connect(host: host, port: port) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try Connection(
+                        wrappingChannelSynchronously: channel,
+                        configuration: .init(isOutboundHalfClosureEnabled: true)
+                    )
+                }
+            }
+    }
+
+    /// Sends `request`, half-closes, and returns everything received until the server closes.
+    static func exchange(port: Int, request: [UInt8]) async throws -> [UInt8] {
+        let connection = try await self.connect(port: port)
+        return try await connection.executeThenClose { inbound, outbound in
+            try await outbound.write(ByteBuffer(bytes: request))
+            outbound.finish()
+            var reply: [UInt8] = []
+            for try await chunk in inbound { reply += chunk.readableBytesView }
+            return reply
+        }
+    }
+
+    /// Connects and measures how long until the relay closes the connection; fails if it
+    /// stays open past `limit`.
+    static func timeUntilClosed(port: Int, limit: Duration = .seconds(5)) async throws -> Duration {
+        let connection = try await self.connect(port: port)
+        let start = ContinuousClock.now
+        return try await connection.executeThenClose { inbound, _ in
+            try await withThrowingTaskGroup(of: Duration?.self) { group in
+                group.addTask {
+                    do {
+                        for try await _ in inbound {}
+                    } catch {}
+                    return ContinuousClock.now - start
+                }
+                group.addTask {
+                    try await Task.sleep(for: limit)
+                    return nil
+                }
+                let first = try await group.next()!
+                group.cancelAll()
+                guard let elapsed = first else {
+                    connection.channel.close(promise: nil)
+                    throw HarnessError("the relay kept the client open for over \(limit)")
+                }
+                return elapsed
+            }
+        }
+    }
+}
