@@ -1,0 +1,18 @@
+/// What a reload did: the changes applied, or the problems that made it keep the old config.
+///
+/// SIGHUP, `systemctl reload` and `relayctl reload` all produce one of these.
+public struct ReloadOutcome: Sendable, Codable, Equatable {
+    /// Whether the new config is now in force.
+    public var applied: Bool
+    /// What changed, one short line each ("service 'web' added on 0.0.0.0:8080").
+    public var changes: [String]
+    /// Why the new config was refused (each `path: message`); empty when applied.
+    public var problems: [String]
+
+    /// Creates an outcome.
+    public init(applied: Bool, changes: [String] = [], problems: [String] = []) {
+        self.applied = applied
+        self.changes = changes
+        self.problems = problems
+    }
+}
