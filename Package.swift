@@ -46,6 +46,7 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ]
         ),
         .target(
@@ -56,19 +57,23 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ]
         ),
+        // The real libsystemd (Debian: libsystemd-dev), and a small Swift API over it.
+        .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
+        .target(name: "RelaySystemd", dependencies: ["CSystemd", "RelayCore"]),
         .executableTarget(
             name: "relay-proxy",
             dependencies: [
-                "RelayProxy", "RelayCore",
+                "RelayProxy", "RelayCore", "RelaySystemd",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .executableTarget(
             name: "relay-agent",
             dependencies: [
-                "RelayAgent", "RelayCore",
+                "RelayAgent", "RelayCore", "RelaySystemd",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

@@ -5,6 +5,8 @@ import NIOPosix
 import RelayCore
 import RelayProtocol
 import ServiceLifecycle
+import Synchronization
+import UnixSignals
 
 /// The agent daemon: keeps one control channel to the relay (reconnecting with backoff),
 /// serves `connect` requests as independent sessions, and drains them at shutdown.
@@ -12,28 +14,48 @@ public final class AgentServer: Service, Sendable {
     /// A connection that lasted this long, registered, resets the reconnect backoff.
     public static let stableConnectionSeconds = 5.0
 
-    private let state: AgentState
+    /// How often the STATUS line is recomputed (it is sent only when it changed).
+    static let statusInterval = Duration.seconds(1)
+
+    let state: AgentState
+    let configPath: String
     private let group: any EventLoopGroup
-    private let logger: Logger
+    let logger: Logger
     private let pump: any SessionPump
-    private let onReady: @Sendable () -> Void
+    private let hooks: DaemonHooks
+    /// Set by a reload that needs a fresh control channel: reconnect without a backoff delay.
+    private let reconnectNow = Mutex(false)
+    private let reloadRequests: AsyncStream<CheckedContinuation<ReloadOutcome, Never>>
+    private let reloadRequestInput: AsyncStream<CheckedContinuation<ReloadOutcome, Never>>.Continuation
+    /// When the config in force was loaded.
+    let loadedAt = Mutex(Date())
+    /// When the daemon started.
+    let startedAt = Date()
+    /// Connection attempts since the last successful registration.
+    let attempts = Mutex(0)
+    /// The control channel of the current connection, if any.
+    let currentControl = Mutex<AgentControlChannel?>(nil)
     private let requests: AsyncStream<(ControlMessage.Connect, AgentControlChannel)>
     private let requestInput: AsyncStream<(ControlMessage.Connect, AgentControlChannel)>.Continuation
 
-    /// Creates the agent; `onReady` runs once the first connection attempt is under way.
+    /// Creates the agent; `hooks.ready` runs once the first connection attempt is under way
+    /// (a relay that is down does not delay it: the agent is running and retrying).
     public init(
         config: AgentConfig,
+        configPath: String,
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         logger: Logger,
         pump: any SessionPump = AsyncChannelPump(),
-        onReady: @escaping @Sendable () -> Void = {}
+        hooks: DaemonHooks = DaemonHooks()
     ) {
         self.state = AgentState(config: config)
+        self.configPath = configPath
         self.group = group
         self.logger = logger
         self.pump = pump
-        self.onReady = onReady
+        self.hooks = hooks
         (self.requests, self.requestInput) = AsyncStream.makeStream()
+        (self.reloadRequests, self.reloadRequestInput) = AsyncStream.makeStream()
     }
 
     public func run() async throws {
@@ -47,17 +69,23 @@ public final class AgentServer: Service, Sendable {
         )
         let runner = SessionRunner(state: self.state, group: self.group, pump: self.pump, logger: self.logger)
         await withDiscardingTaskGroup { group in
-            group.addTask {
-                // Sessions are independent of the control channel that asked for them.
-                await withDiscardingTaskGroup { sessions in
-                    for await (connect, control) in self.requests {
-                        sessions.addTask { await runner.run(connect, control: control) }
-                    }
+            group.addTask { await self.connectLoop() }
+            group.addTask { await self.shutdownWhenAsked() }
+            group.addTask { await self.serveReloads() }
+            group.addTask { await self.reloadOnSIGHUP() }
+            group.addTask { await self.reportStatus() }
+            if let interval = self.hooks.watchdogInterval {
+                group.addTask {
+                    await EventLoopWatchdog.run(group: self.group, interval: interval, alive: self.hooks.alive)
                 }
             }
-            group.addTask { await self.connectLoop() }
-            group.addTask { await self.shutdownWhenAsked(drainTimeout: config.drainTimeout) }
-            self.onReady()
+            self.hooks.ready()
+            // Sessions are independent of the control channel that asked for them. The
+            // stream ends once shutdown has drained them; then the helpers above stop.
+            for await (connect, control) in self.requests {
+                group.addTask { await runner.run(connect, control: control) }
+            }
+            group.cancelAll()
         }
         self.logger.info("relay-agent stopped")
     }
@@ -84,10 +112,15 @@ public final class AgentServer: Service, Sendable {
                     config: config,
                     logger: self.logger,
                     channel: connection.channel,
-                    onRegistered: { [state] in state.connection = .connected(since: Date()) },
+                    onRegistered: {
+                        self.state.connection = .connected(since: Date())
+                        self.attempts.withLock { $0 = 0 }
+                    },
                     onConnect: { [requestInput] in requestInput.yield(($0, $1)) }
                 )
+                self.currentControl.withLock { $0 = control }
                 let outcome = await control.run(connection)
+                self.currentControl.withLock { $0 = nil }
                 _ = self.state.setControlChannel(nil)
                 reason = outcome.reason
                 if outcome.registered {
@@ -98,6 +131,13 @@ public final class AgentServer: Service, Sendable {
                 reason = "cannot connect to \(config.relay): \(Network.describe(error))"
             }
             guard !self.state.isShuttingDown else { break }
+            if self.reconnectNow.withLock({ flag in
+                defer { flag = false }
+                return flag
+            }) {
+                self.logger.info("reconnecting with the reloaded config: \(reason)")
+                continue
+            }
             let delay = backoff.next()
             self.state.connection = .waiting(until: Date() + delay.inSeconds, lastError: reason)
             self.logger.warning(
@@ -110,8 +150,11 @@ public final class AgentServer: Service, Sendable {
 
     /// Waits for graceful shutdown (SIGTERM), then closes the control channel and gives
     /// live sessions `drainTimeout` to finish before closing them.
-    private func shutdownWhenAsked(drainTimeout: Double) async {
+    private func shutdownWhenAsked() async {
         let graceful = (try? await gracefulShutdown()) != nil
+        self.hooks.stopping()
+        let drainTimeout = self.state.config.drainTimeout
+        self.reloadRequestInput.finish()
         self.state.beginShutdown()?.close(promise: nil)
         let live = self.state.sessions.count
         self.logger.info("shutting down", metadata: ["sessions": "\(live)", "drainTimeoutSeconds": "\(drainTimeout)"])
@@ -123,5 +166,128 @@ public final class AgentServer: Service, Sendable {
             session.terminate()
         }
         self.requestInput.finish()
+    }
+
+    /// Re-reads the config file and applies it without dropping live sessions; keeps the
+    /// old config when the new one is invalid. SIGHUP, systemd and relayctl all come here.
+    public func reload() async -> ReloadOutcome {
+        await withCheckedContinuation { continuation in
+            if case .terminated = self.reloadRequestInput.yield(continuation) {
+                continuation.resume(
+                    returning: ReloadOutcome(applied: false, problems: ["relay-agent is shutting down"]))
+            }
+        }
+    }
+
+    private func serveReloads() async {
+        for await request in self.reloadRequests {
+            self.hooks.reloading()
+            let outcome = self.applyReload()
+            if outcome.applied {
+                self.loadedAt.withLock { $0 = Date() }
+                self.logger.info(
+                    "config reloaded",
+                    metadata: [
+                        "changes": "\(outcome.changes.isEmpty ? "none" : outcome.changes.joined(separator: "; "))"
+                    ]
+                )
+            } else {
+                self.logger.error(
+                    "config reload refused; the old config stays in force: \(outcome.problems.joined(separator: "; "))")
+            }
+            self.hooks.reloaded(outcome)
+            request.resume(returning: outcome)
+        }
+    }
+
+    private func reloadOnSIGHUP() async {
+        for await _ in await UnixSignalsSequence(trapping: .sighup) {
+            self.logger.info("SIGHUP: reloading the config")
+            _ = await self.reload()
+        }
+    }
+
+    private func applyReload() -> ReloadOutcome {
+        let old = self.state.config
+        var new: AgentConfig
+        do {
+            new = try AgentConfig.load(path: self.configPath)
+        } catch {
+            return ReloadOutcome(applied: false, problems: error.problems.map(\.description))
+        }
+        var changes: [String] = []
+        if new.control != old.control {
+            changes.append("control socket stays \(old.control) until a restart")
+            new.control = old.control
+        }
+        var reconnect = false
+        if new.relay != old.relay {
+            changes.append("relay is now \(new.relay)")
+            reconnect = true
+        }
+        if new.id != old.id {
+            changes.append("agent id is now '\(new.id)'")
+            reconnect = true
+        }
+        if new.secret != old.secret {
+            changes.append("secret rotated")
+            reconnect = true
+        }
+        let oldServices = Dictionary(old.services.map { ($0.name, $0.target) }, uniquingKeysWith: { first, _ in first })
+        let newServices = Dictionary(new.services.map { ($0.name, $0.target) }, uniquingKeysWith: { first, _ in first })
+        for (name, target) in newServices.sorted(by: { $0.key < $1.key }) {
+            if let before = oldServices[name] {
+                if before != target { changes.append("service '\(name)' now leads to \(target)") }
+            } else {
+                changes.append("service '\(name)' added (\(target))")
+                reconnect = true
+            }
+        }
+        for name in oldServices.keys.sorted() where newServices[name] == nil {
+            changes.append("service '\(name)' removed")
+            reconnect = true
+        }
+        if (new.heartbeatInterval, new.heartbeatTimeout) != (old.heartbeatInterval, old.heartbeatTimeout) {
+            changes.append("heartbeat settings updated")
+            reconnect = true
+        }
+        if (new.connectTimeout, new.reconnectInitialDelay, new.reconnectMaxDelay, new.drainTimeout)
+            != (old.connectTimeout, old.reconnectInitialDelay, old.reconnectMaxDelay, old.drainTimeout)
+        {
+            changes.append("timeouts updated")
+        }
+        self.state.config = new
+        if reconnect, let channel = self.state.controlChannel {
+            // A fresh control channel registers the new identity and services; sessions go on.
+            self.reconnectNow.withLock { $0 = true }
+            channel.close(promise: nil)
+            changes.append("control channel reconnecting")
+        }
+        return ReloadOutcome(applied: true, changes: changes)
+    }
+
+    /// Sends the STATUS line whenever it changes.
+    private func reportStatus() async {
+        var last = ""
+        repeat {
+            let config = self.state.config
+            let services = "\(config.services.count) services, \(self.state.sessions.count) sessions"
+            let line: String
+            switch self.state.connection {
+            case .connected:
+                line = "connected to \(config.relay), \(services)"
+            case .connecting(let attempt):
+                line = "connecting to \(config.relay) (attempt \(attempt)), \(services)"
+            case .waiting(let until, let error):
+                let seconds = max(0, Int(until.timeIntervalSinceNow.rounded(.up)))
+                line = "reconnecting in \(seconds) s: \(error)"
+            case .stopped:
+                line = "stopping, \(services)"
+            }
+            if line != last {
+                self.hooks.status(line)
+                last = line
+            }
+        } while (try? await Task.sleep(for: Self.statusInterval)) != nil
     }
 }

@@ -57,7 +57,13 @@ final class AgentState: Sendable {
         self.store = Mutex(Store(config: config))
     }
 
-    var config: AgentConfig { self.store.withLock { $0.config } }
+    var config: AgentConfig {
+        get { self.store.withLock { $0.config } }
+        set { self.store.withLock { $0.config = newValue } }
+    }
+
+    /// The live control channel, if any.
+    var controlChannel: (any Channel)? { self.store.withLock { $0.controlChannel } }
 
     var connection: Connection {
         get { self.store.withLock { $0.connection } }

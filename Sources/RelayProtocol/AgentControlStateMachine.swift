@@ -13,7 +13,8 @@ public struct AgentControlStateMachine: Sendable {
         case awaitingWelcome
         /// Sent `register`; waiting for `registered`.
         case awaitingRegistered
-        /// Registered: the relay may send `connect` for these services.
+        /// Registered; the relay accepted these services (it may assign more of the
+        /// offered ones after a reload of its config).
         case ready(services: [String])
         /// Closed after an error; every further event is ignored.
         case closed
@@ -27,7 +28,7 @@ public struct AgentControlStateMachine: Sendable {
         case fail(ProtocolError)
         /// The relay accepted `accepted` and refused the rest.
         case registered(accepted: [String], refused: [ControlMessage.RefusedService])
-        /// The relay asks for a data channel for this session (S7); the service is one of ours.
+        /// The relay asks for a data channel for this session (S7); the service is one we offered.
         case connectRequested(ControlMessage.Connect)
         /// The relay answered a ping.
         case pongReceived(seq: UInt64)
@@ -73,8 +74,9 @@ public struct AgentControlStateMachine: Sendable {
         case (.awaitingRegistered, .registered(let registered)):
             self.state = .ready(services: registered.accepted)
             return [.registered(accepted: registered.accepted, refused: registered.refused)]
-        case (.ready(let services), .connect(let connect)):
-            guard services.contains(connect.service) else {
+        case (.ready, .connect(let connect)):
+            // Any service this agent offered: the relay decides which it assigns.
+            guard self.services.contains(connect.service) else {
                 let refusal = ControlMessage.Refuse(
                     session: connect.session,
                     code: .unknownService,

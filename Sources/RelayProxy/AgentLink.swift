@@ -19,18 +19,27 @@ final class AgentLink: Sendable {
     let id: String
     let remote: String
     let connectedAt: Date
+    /// The services the relay accepted at registration.
     let services: [String]
+    /// Every service the agent offered; a reload may assign one of these to it later.
+    let offered: Set<String>
     let channel: any Channel
     private let outbox: AsyncStream<Outgoing>.Continuation
     private let roundTripStore = Mutex<Duration?>(nil)
 
     init(
-        id: String, remote: String, services: [String], channel: any Channel, outbox: AsyncStream<Outgoing>.Continuation
+        id: String,
+        remote: String,
+        services: [String],
+        offered: Set<String>,
+        channel: any Channel,
+        outbox: AsyncStream<Outgoing>.Continuation
     ) {
         self.id = id
         self.remote = remote
         self.connectedAt = Date()
         self.services = services
+        self.offered = offered
         self.channel = channel
         self.outbox = outbox
     }

@@ -22,6 +22,8 @@ final class ProxyControlChannel: Sendable {
     private let heartbeat: Mutex<Heartbeat>
     private let link = Mutex<AgentLink?>(nil)
     private let closeReason = Mutex<String?>(nil)
+    /// Every service the agent offered in `register`, accepted or not.
+    private let offered = Mutex<Set<String>>([])
     private let outbox: AsyncStream<AgentLink.Outgoing>
     private let outboxInput: AsyncStream<AgentLink.Outgoing>.Continuation
 
@@ -133,6 +135,7 @@ final class ProxyControlChannel: Sendable {
             switch action {
             case .send(let message):
                 if case .registered(let registered) = message {
+                    self.offered.withLock { $0 = Set(registered.accepted + registered.refused.map(\.service)) }
                     let agent = self.machine.withLock { $0.authenticatedAgent } ?? "?"
                     for refused in registered.refused {
                         self.logger.warning(
@@ -177,7 +180,13 @@ final class ProxyControlChannel: Sendable {
         self.deadline.cancel()
         self.heartbeat.withLock { $0.heard(at: .now) }
         let link = AgentLink(
-            id: agent, remote: self.remote, services: services, channel: self.channel, outbox: self.outboxInput)
+            id: agent,
+            remote: self.remote,
+            services: services,
+            offered: self.offered.withLock { $0 },
+            channel: self.channel,
+            outbox: self.outboxInput
+        )
         self.link.withLock { $0 = link }
         if let previous = self.state.register(link) {
             self.logger.warning(

@@ -6,83 +6,248 @@ import RelayCore
 import RelayProtocol
 import ServiceLifecycle
 import Synchronization
+import UnixSignals
 
-/// The relay daemon: binds the agent port and every service's listener, serves them until
-/// a graceful shutdown, then stops accepting and lets live sessions drain.
+/// The relay daemon: binds (or adopts) the agent port and every service's listener, serves
+/// them, applies reloads without dropping live sessions, and at graceful shutdown stops
+/// accepting and lets live sessions drain.
 public final class ProxyServer: Service, Sendable {
     /// Why the relay could not start.
     public struct StartError: Error, CustomStringConvertible {
         public let description: String
     }
 
-    private let state: ProxyState
-    private let group: any EventLoopGroup
-    private let logger: Logger
-    private let pump: any SessionPump
-    private let onReady: @Sendable () -> Void
-    private let listeners = Mutex<[TCPListener]>([])
+    /// The name of the agent port among listeners and socket-activation names.
+    public static let agentPortName = "agents"
 
-    /// Creates the relay; `onReady` runs once every listener is bound.
+    /// How often the STATUS line is recomputed (it is sent only when it changed).
+    static let statusInterval = Duration.seconds(1)
+
+    let state: ProxyState
+    let configPath: String
+    private let group: any EventLoopGroup
+    let logger: Logger
+    private let pump: any SessionPump
+    private let hooks: DaemonHooks
+    private let adopted: [String: CInt]
+    private let listeners = Mutex<[String: TCPListener]>([:])
+    private let listenerStarts: AsyncStream<(String, TCPListener)>
+    private let listenerStartInput: AsyncStream<(String, TCPListener)>.Continuation
+    private let reloadRequests: AsyncStream<CheckedContinuation<ReloadOutcome, Never>>
+    private let reloadRequestInput: AsyncStream<CheckedContinuation<ReloadOutcome, Never>>.Continuation
+    /// When the config in force was loaded.
+    let loadedAt = Mutex(Date())
+    /// When the daemon started.
+    let startedAt = Date()
+
+    /// Creates the relay. `adopted` maps socket-activation names (`agents` or a service
+    /// name) to listening descriptors passed by systemd; everything else is bound as configured.
     public init(
         config: ProxyConfig,
+        configPath: String,
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         logger: Logger,
         pump: any SessionPump = AsyncChannelPump(),
-        onReady: @escaping @Sendable () -> Void = {}
+        hooks: DaemonHooks = DaemonHooks(),
+        adopted: [String: CInt] = [:]
     ) {
         self.state = ProxyState(config: config)
+        self.configPath = configPath
         self.group = group
         self.logger = logger
         self.pump = pump
-        self.onReady = onReady
+        self.hooks = hooks
+        self.adopted = adopted
+        (self.listenerStarts, self.listenerStartInput) = AsyncStream.makeStream()
+        (self.reloadRequests, self.reloadRequestInput) = AsyncStream.makeStream()
     }
 
     public func run() async throws {
         let config = self.state.config
-        let agentListener = try await self.bind(config.listen, what: "agent port", metadata: ["role": "agents"])
-        var serviceListeners: [(String, TCPListener)] = []
+        let known = Set([Self.agentPortName] + config.services.map(\.name))
+        for name in self.adopted.keys.sorted() where !known.contains(name) {
+            throw StartError(
+                description:
+                    "systemd passed a socket named '\(name)', which is neither '\(Self.agentPortName)' nor a service in \(self.configPath)"
+            )
+        }
+        try await self.startListener(Self.agentPortName, address: config.listen, what: "agent port")
         for service in config.services {
-            let listener = try await self.bind(
-                service.listen, what: "service '\(service.name)'", metadata: ["service": "\(service.name)"])
-            serviceListeners.append((service.name, listener))
+            try await self.startListener(service.name, address: service.listen, what: "service '\(service.name)'")
         }
         self.logger.info(
             "relay-proxy ready",
             metadata: [
                 "version": "\(RelayVersion.current)", "agents": "\(config.agents.count)",
                 "services": "\(config.services.count)",
-            ])
-        self.onReady()
+            ]
+        )
+        self.hooks.ready()
 
         let agentPort = AgentPort(state: self.state, logger: self.logger)
         let clients = ClientHandler(state: self.state, pump: self.pump, logger: self.logger)
         await withDiscardingTaskGroup { group in
-            group.addTask {
-                await Self.acceptLoop(agentListener, logger: self.logger) { await agentPort.handle($0) }
-            }
-            for (name, listener) in serviceListeners {
+            group.addTask { await self.shutdownWhenAsked() }
+            group.addTask { await self.serveReloads() }
+            group.addTask { await self.reloadOnSIGHUP() }
+            group.addTask { await self.reportStatus() }
+            if let interval = self.hooks.watchdogInterval {
                 group.addTask {
-                    await Self.acceptLoop(listener, logger: self.logger) { await clients.handle($0, service: name) }
+                    await EventLoopWatchdog.run(group: self.group, interval: interval, alive: self.hooks.alive)
                 }
             }
-            group.addTask { await self.shutdownWhenAsked(drainTimeout: config.drainTimeout) }
+            for await (name, listener) in self.listenerStarts {
+                group.addTask {
+                    if name == Self.agentPortName {
+                        await Self.acceptLoop(listener, logger: self.logger) { await agentPort.handle($0) }
+                    } else {
+                        await Self.acceptLoop(listener, logger: self.logger) { await clients.handle($0, service: name) }
+                    }
+                }
+            }
+            group.cancelAll()
         }
         self.logger.info("relay-proxy stopped")
     }
 
+    /// Re-reads the config file and applies it without dropping live sessions; keeps the
+    /// old config when the new one is invalid. SIGHUP, systemd and relayctl all come here.
+    public func reload() async -> ReloadOutcome {
+        await withCheckedContinuation { continuation in
+            if case .terminated = self.reloadRequestInput.yield(continuation) {
+                continuation.resume(
+                    returning: ReloadOutcome(applied: false, problems: ["relay-proxy is shutting down"]))
+            }
+        }
+    }
+
+    /// One reload at a time, in the order asked.
+    private func serveReloads() async {
+        for await request in self.reloadRequests {
+            self.hooks.reloading()
+            let outcome = await self.applyReload()
+            if outcome.applied {
+                self.loadedAt.withLock { $0 = Date() }
+                self.logger.info(
+                    "config reloaded",
+                    metadata: [
+                        "changes": "\(outcome.changes.isEmpty ? "none" : outcome.changes.joined(separator: "; "))"
+                    ]
+                )
+            } else {
+                self.logger.error(
+                    "config reload refused; the old config stays in force: \(outcome.problems.joined(separator: "; "))")
+            }
+            self.hooks.reloaded(outcome)
+            request.resume(returning: outcome)
+        }
+    }
+
+    private func reloadOnSIGHUP() async {
+        for await _ in await UnixSignalsSequence(trapping: .sighup) {
+            self.logger.info("SIGHUP: reloading the config")
+            _ = await self.reload()
+        }
+    }
+
+    private func applyReload() async -> ReloadOutcome {
+        let old = self.state.config
+        var new: ProxyConfig
+        do {
+            new = try ProxyConfig.load(path: self.configPath)
+        } catch {
+            return ReloadOutcome(applied: false, problems: error.problems.map(\.description))
+        }
+        var changes: [String] = []
+        if new.control != old.control {
+            changes.append("control socket stays \(old.control) until a restart")
+            new.control = old.control
+        }
+
+        // Bind every new or moved listener first: if one fails, nothing changes.
+        var wanted: [(name: String, address: HostPort)] = []
+        if new.listen != old.listen && self.adopted[Self.agentPortName] == nil {
+            wanted.append((Self.agentPortName, new.listen))
+        }
+        for service in new.services where self.adopted[service.name] == nil {
+            if old.service(named: service.name)?.listen != service.listen {
+                wanted.append((service.name, service.listen))
+            }
+        }
+        var bound: [(String, TCPListener)] = []
+        for (name, address) in wanted {
+            do {
+                bound.append((name, try await Network.listen(on: try address.resolve(), group: self.group)))
+            } catch {
+                for (_, listener) in bound { listener.channel.close(promise: nil) }
+                let path = name == Self.agentPortName ? "$.listen" : "service '\(name)'"
+                return ReloadOutcome(
+                    applied: false, problems: ["\(path): cannot listen on \(address): \(Network.describe(error))"])
+            }
+        }
+
+        self.state.replaceConfig(new)
+
+        // Close what is gone or moved; start what is new. Live sessions are not tied to listeners.
+        let newNames = Set(new.services.map(\.name))
+        for service in old.services where !newNames.contains(service.name) {
+            self.closeListener(service.name)
+            changes.append("service '\(service.name)' removed")
+        }
+        for (name, listener) in bound {
+            let replaced = self.closeListener(name)
+            self.register(name, listener)
+            let address = listener.channel.localAddress?.displayString ?? "?"
+            changes.append(
+                name == Self.agentPortName
+                    ? "agent port moved to \(address)"
+                    : "service '\(name)' \(replaced ? "moved to" : "added on") \(address)"
+            )
+        }
+        for service in new.services {
+            if let before = old.service(named: service.name), before.agent != service.agent {
+                changes.append("service '\(service.name)' now served by agent '\(service.agent)'")
+            }
+        }
+
+        // Agents removed or with a new secret must authenticate again; their sessions go on.
+        for agent in old.agents {
+            guard let link = self.state.agents.first(where: { $0.id == agent.id }) else { continue }
+            if let updated = new.agents.first(where: { $0.id == agent.id }) {
+                if updated.secret != agent.secret {
+                    link.close(.authFailed, "the relay's secret for agent '\(agent.id)' changed; authenticate again")
+                    changes.append("agent '\(agent.id)' secret rotated")
+                }
+            } else {
+                link.close(.authFailed, "agent '\(agent.id)' was removed from the relay's config")
+                changes.append("agent '\(agent.id)' removed")
+            }
+        }
+        let oldAgentIDs = Set(old.agents.map(\.id))
+        for agent in new.agents where !oldAgentIDs.contains(agent.id) { changes.append("agent '\(agent.id)' added") }
+        if (new.heartbeatInterval, new.heartbeatTimeout, new.handshakeTimeout, new.attachTimeout, new.drainTimeout)
+            != (old.heartbeatInterval, old.heartbeatTimeout, old.handshakeTimeout, old.attachTimeout, old.drainTimeout)
+        {
+            changes.append("timeouts updated (heartbeats of connected agents change at their next connection)")
+        }
+        return ReloadOutcome(applied: true, changes: changes)
+    }
+
     /// Waits for graceful shutdown (SIGTERM), then stops accepting, drops the control
-    /// channels and gives live sessions `drainTimeout` to finish before closing them.
-    private func shutdownWhenAsked(drainTimeout: Double) async {
+    /// channels and gives live sessions `drainTimeoutSeconds` to finish before closing them.
+    private func shutdownWhenAsked() async {
         let graceful = (try? await gracefulShutdown()) != nil
+        self.hooks.stopping()
+        let drainTimeout = self.state.config.drainTimeout
         let live = self.state.sessions.count
         self.logger.info(
             "shutting down: no longer accepting",
             metadata: ["sessions": "\(live)", "drainTimeoutSeconds": "\(drainTimeout)"])
-        for listener in self.listeners.withLock({ $0 }) { listener.channel.close(promise: nil) }
+        self.reloadRequestInput.finish()
+        self.listenerStartInput.finish()
+        for listener in self.listeners.withLock({ Array($0.values) }) { listener.channel.close(promise: nil) }
         for agent in self.state.agents { agent.close(.shuttingDown, "the relay is shutting down") }
-        for session in self.state.sessions where { if case .pending = $0.phase { true } else { false } }(session) {
-            session.fail(.shuttingDown)
-        }
+        for session in self.state.sessions { session.fail(.shuttingDown) }
         if graceful, live > 0, await self.state.waitForNoSessions(timeout: .seconds(drainTimeout)) {
             self.logger.info("all sessions drained")
         }
@@ -92,18 +257,49 @@ public final class ProxyServer: Service, Sendable {
         }
     }
 
-    private func bind(_ address: HostPort, what: String, metadata: Logger.Metadata) async throws -> TCPListener {
+    /// Sends the STATUS line whenever it changes.
+    private func reportStatus() async {
+        var last = ""
+        repeat {
+            let config = self.state.config
+            let line =
+                "\(self.state.agents.count)/\(config.agents.count) agents connected, \(config.services.count) services, \(self.state.sessions.count) sessions"
+            if line != last {
+                self.hooks.status(line)
+                last = line
+            }
+        } while (try? await Task.sleep(for: Self.statusInterval)) != nil
+    }
+
+    private func startListener(_ name: String, address: HostPort, what: String) async throws {
         let listener: TCPListener
         do {
-            listener = try await Network.listen(on: try address.resolve(), group: self.group)
+            if let descriptor = self.adopted[name] {
+                listener = try await Network.listen(adopting: descriptor, group: self.group)
+            } else {
+                listener = try await Network.listen(on: try address.resolve(), group: self.group)
+            }
         } catch {
-            throw StartError(description: "cannot listen on \(address) for the \(what): \(Network.describe(error))")
+            let source = self.adopted[name].map { "the socket systemd passed as '\(name)' (fd \($0))" } ?? "\(address)"
+            throw StartError(description: "cannot listen on \(source) for the \(what): \(Network.describe(error))")
         }
-        self.listeners.withLock { $0.append(listener) }
-        var metadata = metadata
-        metadata["address"] = "\(listener.channel.localAddress?.displayString ?? "\(address)")"
+        self.register(name, listener)
+    }
+
+    private func register(_ name: String, _ listener: TCPListener) {
+        self.listeners.withLock { $0[name] = listener }
+        var metadata: Logger.Metadata = ["address": "\(listener.channel.localAddress?.displayString ?? "?")"]
+        metadata[name == Self.agentPortName ? "role" : "service"] = "\(name == Self.agentPortName ? "agents" : name)"
+        if self.adopted[name] != nil { metadata["adopted"] = "systemd" }
         self.logger.info("listening", metadata: metadata)
-        return listener
+        self.listenerStartInput.yield((name, listener))
+    }
+
+    @discardableResult
+    private func closeListener(_ name: String) -> Bool {
+        guard let listener = self.listeners.withLock({ $0.removeValue(forKey: name) }) else { return false }
+        listener.channel.close(promise: nil)
+        return true
     }
 
     private static func acceptLoop(

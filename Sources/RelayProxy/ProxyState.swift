@@ -24,11 +24,17 @@ final class ProxyState: Sendable {
         self.store.withLock { $0.config }
     }
 
-    /// The registered agent that serves `service` now, if any.
+    /// Puts a new config in force; registered agents and live sessions stay.
+    func replaceConfig(_ config: ProxyConfig) {
+        self.store.withLock { $0.config = config }
+    }
+
+    /// The registered agent that serves `service` now, if any: the config assigns the
+    /// service to it and the agent offered it when it registered.
     func agent(serving service: String) -> AgentLink? {
         self.store.withLock { store in
             guard let entry = store.config.service(named: service), let link = store.agents[entry.agent],
-                link.services.contains(service)
+                link.offered.contains(service)
             else { return nil }
             return link
         }

@@ -1,7 +1,9 @@
+import Foundation
 import ArgumentParser
 import Logging
 import RelayAgent
 import RelayCore
+import RelaySystemd
 import ServiceLifecycle
 
 /// relay-agent: the inside end of a reverse tunnel. See relay-agent(8).
@@ -38,14 +40,14 @@ struct RelayAgentCommand: AsyncParsableCommand {
         do {
             level = try DaemonSupport.bootstrap(logLevel: self.logLevel)
         } catch {
-            print("relay-agent: \(error)")
+            FileHandle.standardError.write(Data("relay-agent: \(error)\n".utf8))
             throw ExitCode(1)
         }
         var logger = Logger(label: "relay-agent")
         logger.logLevel = level
         do {
             let config = try AgentConfig.load(path: self.config)
-            let server = AgentServer(config: config, logger: logger)
+            let server = AgentServer(config: config, configPath: self.config, logger: logger, hooks: .systemd())
             var quiet = logger
             quiet.logLevel = .warning
             try await ServiceGroup(services: [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: quiet)

@@ -1,7 +1,9 @@
+import Foundation
 import ArgumentParser
 import Logging
 import RelayCore
 import RelayProxy
+import RelaySystemd
 import ServiceLifecycle
 
 /// relay-proxy: the public relay of a reverse tunnel. See relay-proxy(8).
@@ -37,14 +39,24 @@ struct RelayProxyCommand: AsyncParsableCommand {
         do {
             level = try DaemonSupport.bootstrap(logLevel: self.logLevel)
         } catch {
-            print("relay-proxy: \(error)")
+            FileHandle.standardError.write(Data("relay-proxy: \(error)\n".utf8))
             throw ExitCode(1)
         }
         var logger = Logger(label: "relay-proxy")
         logger.logLevel = level
         do {
             let config = try ProxyConfig.load(path: self.config)
-            let server = ProxyServer(config: config, logger: logger)
+            let adopted = Dictionary(
+                try Systemd.listenedSockets().map { ($0.name, $0.descriptor) },
+                uniquingKeysWith: { first, _ in first }
+            )
+            let server = ProxyServer(
+                config: config,
+                configPath: self.config,
+                logger: logger,
+                hooks: .systemd(),
+                adopted: adopted
+            )
             var quiet = logger
             quiet.logLevel = .warning
             try await ServiceGroup(services: [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: quiet)
