@@ -57,7 +57,8 @@ public enum ControlCodec {
             return ProtocolError(.badMessage, "invalid value in \(path(context))")
         case .keyNotFound(let key, _):
             return ProtocolError(.badMessage, "missing field '\(key.stringValue)'")
-        case .typeMismatch(_, let context) where context.codingPath.isEmpty:
+        case .typeMismatch(_, let context) where context.codingPath.isEmpty,
+            .valueNotFound(_, let context) where context.codingPath.isEmpty:
             return ProtocolError(.badJSON, "a line must be a JSON object")
         case .typeMismatch(let type, let context):
             return ProtocolError(.badMessage, "\(path(context)) must be \(Self.typeName(type))")
