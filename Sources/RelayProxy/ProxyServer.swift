@@ -244,7 +244,6 @@ public final class ProxyServer: Service, Sendable {
             "shutting down: no longer accepting",
             metadata: ["sessions": "\(live)", "drainTimeoutSeconds": "\(drainTimeout)"])
         self.reloadRequestInput.finish()
-        self.listenerStartInput.finish()
         for listener in self.listeners.withLock({ Array($0.values) }) { listener.channel.close(promise: nil) }
         for agent in self.state.agents { agent.close(.shuttingDown, "the relay is shutting down") }
         for session in self.state.sessions { session.fail(.shuttingDown) }
@@ -255,6 +254,8 @@ public final class ProxyServer: Service, Sendable {
             self.logger.warning("closing a session still live at shutdown", metadata: ["session": "\(session.id)"])
             session.terminate(.shuttingDown)
         }
+        // Only now may the serving task group end (and cancel its helper tasks).
+        self.listenerStartInput.finish()
     }
 
     /// Sends the STATUS line whenever it changes.
@@ -315,6 +316,8 @@ public final class ProxyServer: Service, Sendable {
                     }
                 }
             }
+        } catch is CancellationError {
+            return
         } catch {
             logger.error("listener failed: \(error)")
         }
