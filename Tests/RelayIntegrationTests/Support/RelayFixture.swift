@@ -16,6 +16,10 @@ final class RelayFixture {
     }
 
     let directory: String
+    /// The loopback address every listener binds: `127.0.0.1` or `::1`.
+    let host: String
+    /// How agents name the relay (an address literal, or a host name such as `localhost`).
+    var relayHost: String
     var agents: [Agent]
     var services: [Service]
     var proxyOptions: [String: Any]
@@ -25,7 +29,9 @@ final class RelayFixture {
     private(set) var agentProcesses: [String: DaemonProcess] = [:]
     private var proxyGeneration = 0
 
-    init(agents: [Agent], services: [Service], proxyOptions: [String: Any] = [:]) throws {
+    init(agents: [Agent], services: [Service], proxyOptions: [String: Any] = [:], host: String = "127.0.0.1") throws {
+        self.host = host
+        self.relayHost = host
         self.directory = NSTemporaryDirectory() + "relay-test-" + UUID().uuidString.prefix(8)
         try FileManager.default.createDirectory(atPath: self.directory, withIntermediateDirectories: true)
         self.agents = agents
@@ -39,11 +45,14 @@ final class RelayFixture {
     func startProxy() async throws -> DaemonProcess {
         self.proxyGeneration += 1
         var config: [String: Any] = [
-            "listen": "127.0.0.1:\(self.agentPort)",
+            "listen": Self.address(self.host, self.agentPort),
             "control": self.directory + "/proxy.sock",
             "agents": self.agents.map { ["id": $0.id, "secret": $0.secret] },
             "services": self.services.map {
-                ["name": $0.name, "agent": $0.agent, "listen": "127.0.0.1:\(self.servicePorts[$0.name] ?? 0)"]
+                [
+                    "name": $0.name, "agent": $0.agent,
+                    "listen": Self.address(self.host, self.servicePorts[$0.name] ?? 0),
+                ]
             },
         ]
         config.merge(self.proxyOptions) { _, new in new }
@@ -70,15 +79,16 @@ final class RelayFixture {
         secret: String? = nil,
         services: [String: Int],
         options: [String: Any] = [:],
+        targetHost: String = "127.0.0.1",
         waitForRegistration: Bool = true
     ) async throws -> DaemonProcess {
         let secret = secret ?? self.agents.first { $0.id == id }?.secret ?? "unknown"
         var config: [String: Any] = [
-            "relay": "127.0.0.1:\(self.agentPort)",
+            "relay": Self.address(self.relayHost, self.agentPort),
             "id": id,
             "secret": secret,
             "control": self.directory + "/agent-\(id).sock",
-            "services": services.keys.sorted().map { ["name": $0, "target": "127.0.0.1:\(services[$0]!)"] },
+            "services": services.keys.sorted().map { ["name": $0, "target": Self.address(targetHost, services[$0]!)] },
             "reconnectInitialDelaySeconds": 0.2,
             "reconnectMaxDelaySeconds": 1.0,
         ]
@@ -108,6 +118,11 @@ final class RelayFixture {
         return path
     }
 
+    /// `host:port`, with brackets around an IPv6 host.
+    static func address(_ host: String, _ port: Int) -> String {
+        host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+    }
+
     static func port(in line: String) -> Int {
         guard let address = field("address", in: line), let colon = address.lastIndex(of: ":") else { return 0 }
         return Int(address[address.index(after: colon)...]) ?? 0
@@ -126,9 +141,10 @@ func withFixture<T>(
     agents: [RelayFixture.Agent],
     services: [RelayFixture.Service],
     proxyOptions: [String: Any] = [:],
+    host: String = "127.0.0.1",
     _ body: (RelayFixture) async throws -> T
 ) async throws -> T {
-    let fixture = try RelayFixture(agents: agents, services: services, proxyOptions: proxyOptions)
+    let fixture = try RelayFixture(agents: agents, services: services, proxyOptions: proxyOptions, host: host)
     do {
         let result = try await body(fixture)
         await fixture.shutdown()

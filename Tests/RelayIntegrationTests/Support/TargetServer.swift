@@ -33,7 +33,7 @@ final class TargetServer: Sendable {
         self.stats = stats
     }
 
-    static func start(_ behaviour: Behaviour) async throws -> TargetServer {
+    static func start(_ behaviour: Behaviour, host: String = "127.0.0.1") async throws -> TargetServer {
         let stats = Stats()
         let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -51,7 +51,7 @@ final class TargetServer: Sendable {
                     try channel.pipeline.syncOperations.addHandler(handler)
                 }
             }
-            .bind(host: "127.0.0.1", port: 0).get()
+            .bind(host: host, port: 0).get()
         return TargetServer(channel: channel, stats: stats)
     }
 

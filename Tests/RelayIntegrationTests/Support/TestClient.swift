@@ -19,8 +19,8 @@ enum TestClient {
     }
 
     /// Sends `request`, half-closes, and returns everything received until the server closes.
-    static func exchange(port: Int, request: [UInt8]) async throws -> [UInt8] {
-        let connection = try await self.connect(port: port)
+    static func exchange(port: Int, request: [UInt8], host: String = "127.0.0.1") async throws -> [UInt8] {
+        let connection = try await self.connect(port: port, host: host)
         return try await connection.executeThenClose { inbound, outbound in
             try await outbound.write(ByteBuffer(bytes: request))
             outbound.finish()
