@@ -13,10 +13,12 @@ struct AddressTests {
             try await relay.startProxy()
             #expect(relay.proxy.lines(containing: "listening", "address=[::1]:").count == 2)
             try await relay.startAgent(id: "v6", services: ["web": echo.port], targetHost: "::1")
+            let baseline = relay.baseline()
             let message = TestData.random(50_000)
             #expect(
                 try await TestClient.exchange(port: relay.servicePort("web"), request: message, host: "::1") == message)
             try await relay.proxy.waitForLine(containing: "session open", "client=[::1]:")
+            try await relay.expectNothingLeftOpen(since: baseline)
         }
     }
 
@@ -31,9 +33,11 @@ struct AddressTests {
             try await relay.startProxy()
             let agent = try await relay.startAgent(id: "named", services: ["web": echo.port], targetHost: "localhost")
             #expect(agent.lines(containing: "relay-agent starting", "relay=localhost:").count == 1)
+            let baseline = relay.baseline()
             let message = TestData.random(1000)
             #expect(try await TestClient.exchange(port: relay.servicePort("web"), request: message) == message)
             try await agent.waitForLine(containing: "session open", "target=localhost:\(echo.port)")
+            try await relay.expectNothingLeftOpen(since: baseline)
         }
     }
 }

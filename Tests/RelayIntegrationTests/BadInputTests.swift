@@ -19,12 +19,12 @@ struct BadInputTests {
         ) { relay in
             try await relay.startProxy()
             let agent = try await relay.startAgent(id: "office", services: ["web": echo.port])
-            let proxyBaseline = relay.proxy.openDescriptors
+            let baseline = relay.baseline()
             try await body(relay)
             let message = TestData.random(1000)
             #expect(try await TestClient.exchange(port: relay.servicePort("web"), request: message) == message)
             #expect(relay.proxy.isRunning && agent.isRunning)
-            try await relay.proxy.waitForDescriptors(atMost: proxyBaseline)
+            try await relay.expectNothingLeftOpen(since: baseline)
         }
     }
 

@@ -35,6 +35,7 @@ struct ConcurrencyTests {
             #expect(target.stats.accepted.load(ordering: .relaxed) == sessions)
             try await relay.proxy.waitForDescriptors(atMost: proxyBaseline)
             try await agent.waitForDescriptors(atMost: agentBaseline)
+            try await relay.expectNothingLeftOpen(since: relay.baseline())
         }
     }
 
@@ -53,6 +54,7 @@ struct ConcurrencyTests {
             try await relay.startProxy()
             try await relay.startAgent(id: "alpha", services: ["a-echo": echo.port, "a-hash": hasher.port])
             try await relay.startAgent(id: "beta", services: ["b-echo": echo.port, "b-source": source.port])
+            let baseline = relay.baseline()
             let ports = relay.servicePorts
             let rounds = 20
             let results = try await withThrowingTaskGroup(of: (String, Bool).self) { group in
@@ -91,6 +93,7 @@ struct ConcurrencyTests {
             #expect(results == ["a-echo": rounds, "a-hash": rounds, "b-echo": rounds, "b-source": rounds])
             #expect(relay.proxy.lines(containing: "session open", "agent=alpha").count == 2 * rounds)
             #expect(relay.proxy.lines(containing: "session open", "agent=beta").count == 2 * rounds)
+            try await relay.expectNothingLeftOpen(since: baseline)
         }
     }
 }

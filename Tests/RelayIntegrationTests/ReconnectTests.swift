@@ -40,6 +40,9 @@ struct ReconnectTests {
             let elapsed = ContinuousClock.now - restart
             print("figure: tunnel working again \(elapsed) after the agent restart")
             #expect(elapsed < .seconds(5))
+            let baseline = relay.baseline()
+            #expect(try await TestClient.exchange(port: port, request: Array("again".utf8)) == Array("again".utf8))
+            try await relay.expectNothingLeftOpen(since: baseline)
         }
     }
 
@@ -65,6 +68,9 @@ struct ReconnectTests {
             print("figure: agent back through the restarted relay within \(ContinuousClock.now - restart)")
             #expect(elapsed < .seconds(10))
             #expect(agent.lines(containing: "registered with relay").count == 2)
+            let baseline = relay.baseline()
+            #expect(try await TestClient.exchange(port: port, request: Array("two".utf8)) == Array("two".utf8))
+            try await relay.expectNothingLeftOpen(since: baseline)
         }
     }
 

@@ -72,6 +72,7 @@ struct RefusalTests {
             }
             try await relay.proxy.waitForDescriptors(atMost: proxyBaseline)
             try await office.waitForDescriptors(atMost: officeBaseline)
+            try await relay.expectNothingLeftOpen(since: relay.baseline())
             #expect(relay.proxy.isRunning)
         }
     }

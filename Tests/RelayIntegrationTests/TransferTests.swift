@@ -15,6 +15,7 @@ struct TransferTests {
         ) { relay in
             try await relay.startProxy()
             try await relay.startAgent(id: "office", services: ["up": target.port])
+            let baseline = relay.baseline()
             let connection = try await TestClient.connect(port: relay.servicePort("up"))
             let (sent, reply) = try await connection.executeThenClose { inbound, outbound in
                 var digest = Digest()
@@ -32,6 +33,7 @@ struct TransferTests {
             }
             #expect(reply == sent + "\n")
             try await relay.proxy.waitForLine(containing: "session closed", "bytesIn=\(Self.bulk)", "bytesOut=65")
+            try await relay.expectNothingLeftOpen(since: baseline)
         }
     }
 
@@ -43,6 +45,7 @@ struct TransferTests {
         ) { relay in
             try await relay.startProxy()
             try await relay.startAgent(id: "office", services: ["down": target.port])
+            let baseline = relay.baseline()
             let connection = try await TestClient.connect(port: relay.servicePort("down"))
             let (count, received) = try await connection.executeThenClose { inbound, _ in
                 var digest = Digest()
@@ -56,6 +59,7 @@ struct TransferTests {
             #expect(count == Self.bulk)
             #expect(target.stats.sourceDigests.withLock { $0 } == [received])
             try await relay.proxy.waitForLine(containing: "session closed", "bytesOut=\(Self.bulk)")
+            try await relay.expectNothingLeftOpen(since: baseline)
         }
     }
 
@@ -124,6 +128,7 @@ struct TransferTests {
         ) { relay in
             try await relay.startProxy()
             let agent = try await relay.startAgent(id: "office", services: ["slow": target.port])
+            let baseline = relay.baseline()
             let proxyMemory = relay.proxy.residentKiB
             let agentMemory = agent.residentKiB
             let connection = try await TestClient.connect(port: relay.servicePort("slow"))
@@ -161,6 +166,7 @@ struct TransferTests {
                 #expect(peakProxy < 32 * 1024, "relay-proxy grew by \(peakProxy) KiB while moving 1 GiB")
                 #expect(peakAgent < 32 * 1024, "relay-agent grew by \(peakAgent) KiB while moving 1 GiB")
             }
+            try await relay.expectNothingLeftOpen(since: baseline)
         }
     }
 }
