@@ -50,21 +50,26 @@ public struct StderrLogHandler: LogHandler {
         FileHandle.standardError.write(Data(line.utf8))
     }
 
-    /// Escapes control characters so one event stays one line.
+    /// Escapes control characters (C0, DEL, C1) and Unicode line/paragraph separators, so
+    /// one event stays one line and a peer's text cannot carry terminal escape sequences.
     static func clean(_ text: String) -> String {
-        guard text.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f }) else { return text }
+        guard text.unicodeScalars.contains(where: Self.mustEscape) else { return text }
         var out = ""
         for scalar in text.unicodeScalars {
             switch scalar {
             case "\n": out += "\\n"
             case "\r": out += "\\r"
             case "\t": out += "\\t"
-            case _ where scalar.value < 0x20 || scalar.value == 0x7f:
-                out += String(format: "\\x%02x", scalar.value)
+            case _ where Self.mustEscape(scalar):
+                out += String(format: scalar.value <= 0xff ? "\\x%02x" : "\\u%04x", scalar.value)
             default: out.unicodeScalars.append(scalar)
             }
         }
         return out
+    }
+
+    private static func mustEscape(_ scalar: Unicode.Scalar) -> Bool {
+        scalar.value < 0x20 || (0x7f...0x9f).contains(scalar.value) || scalar.value == 0x2028 || scalar.value == 0x2029
     }
 
     private static func quoteIfNeeded(_ value: String) -> String {
