@@ -56,9 +56,11 @@ final class AgentLink: Sendable {
         return false
     }
 
-    /// Sends an `error` and closes the control channel (sessions already open go on).
+    /// Sends an `error` and closes the control channel (sessions already open go on). An
+    /// agent whose outbox is full gets no explanation: its channel is closed at once.
     func close(_ code: ErrorCode, _ message: String) {
         _ = self.outbox.yield(.message(.error(.init(code: code, message: message))))
-        _ = self.outbox.yield(.close)
+        if case .enqueued = self.outbox.yield(.close) { return }
+        self.channel.close(promise: nil)
     }
 }
