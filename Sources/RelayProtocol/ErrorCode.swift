@@ -16,7 +16,8 @@ public enum ErrorCode: String, Codable, Sendable, CaseIterable {
     case unsupportedVersion = "unsupported_version"
     /// The agent id is unknown or the proof of its secret is wrong (deliberately not told apart).
     case authFailed = "auth_failed"
-    /// The peer did not finish its handshake in time.
+    /// The peer stayed silent for longer than the heartbeat timeout. (A handshake that
+    /// takes too long is closed without a message.)
     case timeout = "timeout"
     /// An `attach` names no pending session (unknown, already attached, or expired).
     case unknownSession = "unknown_session"
