@@ -6,7 +6,6 @@ import RelayCore
 import RelayProtocol
 import ServiceLifecycle
 import Synchronization
-import UnixSignals
 
 /// The agent daemon: keeps one control channel to the relay (reconnecting with backoff),
 /// serves `connect` requests as independent sessions, and drains them at shutdown.
@@ -25,8 +24,7 @@ public final class AgentServer: Service, Sendable {
     private let hooks: DaemonHooks
     /// Set by a reload that needs a fresh control channel: reconnect without a backoff delay.
     private let reconnectNow = Mutex(false)
-    private let reloadRequests: AsyncStream<CheckedContinuation<ReloadOutcome, Never>>
-    private let reloadRequestInput: AsyncStream<CheckedContinuation<ReloadOutcome, Never>>.Continuation
+    private let reloads = ReloadCoordinator(daemon: "relay-agent")
     /// When the config in force was loaded.
     let loadedAt = Mutex(Date())
     /// When the daemon started.
@@ -55,7 +53,6 @@ public final class AgentServer: Service, Sendable {
         self.pump = pump
         self.hooks = hooks
         (self.requests, self.requestInput) = AsyncStream.makeStream()
-        (self.reloadRequests, self.reloadRequestInput) = AsyncStream.makeStream()
     }
 
     public func run() async throws {
@@ -72,7 +69,7 @@ public final class AgentServer: Service, Sendable {
             group.addTask { await self.connectLoop() }
             group.addTask { await self.shutdownWhenAsked() }
             group.addTask { await self.serveReloads() }
-            group.addTask { await self.reloadOnSIGHUP() }
+            group.addTask { await self.reloads.reloadOnSIGHUP(logger: self.logger) }
             group.addTask { await self.reportStatus() }
             if let interval = self.hooks.watchdogInterval {
                 group.addTask {
@@ -154,7 +151,7 @@ public final class AgentServer: Service, Sendable {
         let graceful = (try? await gracefulShutdown()) != nil
         self.hooks.stopping()
         let drainTimeout = self.state.config.drainTimeout
-        self.reloadRequestInput.finish()
+        self.reloads.finish()
         self.state.beginShutdown()?.close(promise: nil)
         let live = self.state.sessions.count
         self.logger.info("shutting down", metadata: ["sessions": "\(live)", "drainTimeoutSeconds": "\(drainTimeout)"])
@@ -171,39 +168,14 @@ public final class AgentServer: Service, Sendable {
     /// Re-reads the config file and applies it without dropping live sessions; keeps the
     /// old config when the new one is invalid. SIGHUP, systemd and relayctl all come here.
     public func reload() async -> ReloadOutcome {
-        await withCheckedContinuation { continuation in
-            if case .terminated = self.reloadRequestInput.yield(continuation) {
-                continuation.resume(
-                    returning: ReloadOutcome(applied: false, problems: ["relay-agent is shutting down"]))
-            }
-        }
+        await self.reloads.reload()
     }
 
     private func serveReloads() async {
-        for await request in self.reloadRequests {
-            self.hooks.reloading()
+        await self.reloads.serve(hooks: self.hooks, logger: self.logger) {
             let outcome = self.applyReload()
-            if outcome.applied {
-                self.loadedAt.withLock { $0 = Date() }
-                self.logger.info(
-                    "config reloaded",
-                    metadata: [
-                        "changes": "\(outcome.changes.isEmpty ? "none" : outcome.changes.joined(separator: "; "))"
-                    ]
-                )
-            } else {
-                self.logger.error(
-                    "config reload refused; the old config stays in force: \(outcome.problems.joined(separator: "; "))")
-            }
-            self.hooks.reloaded(outcome)
-            request.resume(returning: outcome)
-        }
-    }
-
-    private func reloadOnSIGHUP() async {
-        for await _ in await UnixSignalsSequence(trapping: .sighup) {
-            self.logger.info("SIGHUP: reloading the config")
-            _ = await self.reload()
+            if outcome.applied { self.loadedAt.withLock { $0 = Date() } }
+            return outcome
         }
     }
 

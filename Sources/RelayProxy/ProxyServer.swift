@@ -6,7 +6,6 @@ import RelayCore
 import RelayProtocol
 import ServiceLifecycle
 import Synchronization
-import UnixSignals
 
 /// The relay daemon: binds (or adopts) the agent port and every service's listener, serves
 /// them, applies reloads without dropping live sessions, and at graceful shutdown stops
@@ -30,11 +29,11 @@ public final class ProxyServer: Service, Sendable {
     private let pump: any SessionPump
     private let hooks: DaemonHooks
     private let adopted: [String: CInt]
-    private let listeners = Mutex<[String: TCPListener]>([:])
+    /// The bound listeners by name (`agents` or a service), for status queries.
+    let listeners = Mutex<[String: TCPListener]>([:])
     private let listenerStarts: AsyncStream<(String, TCPListener)>
     private let listenerStartInput: AsyncStream<(String, TCPListener)>.Continuation
-    private let reloadRequests: AsyncStream<CheckedContinuation<ReloadOutcome, Never>>
-    private let reloadRequestInput: AsyncStream<CheckedContinuation<ReloadOutcome, Never>>.Continuation
+    private let reloads = ReloadCoordinator(daemon: "relay-proxy")
     /// When the config in force was loaded.
     let loadedAt = Mutex(Date())
     /// When the daemon started.
@@ -59,7 +58,6 @@ public final class ProxyServer: Service, Sendable {
         self.hooks = hooks
         self.adopted = adopted
         (self.listenerStarts, self.listenerStartInput) = AsyncStream.makeStream()
-        (self.reloadRequests, self.reloadRequestInput) = AsyncStream.makeStream()
     }
 
     public func run() async throws {
@@ -89,7 +87,7 @@ public final class ProxyServer: Service, Sendable {
         await withDiscardingTaskGroup { group in
             group.addTask { await self.shutdownWhenAsked() }
             group.addTask { await self.serveReloads() }
-            group.addTask { await self.reloadOnSIGHUP() }
+            group.addTask { await self.reloads.reloadOnSIGHUP(logger: self.logger) }
             group.addTask { await self.reportStatus() }
             if let interval = self.hooks.watchdogInterval {
                 group.addTask {
@@ -113,40 +111,14 @@ public final class ProxyServer: Service, Sendable {
     /// Re-reads the config file and applies it without dropping live sessions; keeps the
     /// old config when the new one is invalid. SIGHUP, systemd and relayctl all come here.
     public func reload() async -> ReloadOutcome {
-        await withCheckedContinuation { continuation in
-            if case .terminated = self.reloadRequestInput.yield(continuation) {
-                continuation.resume(
-                    returning: ReloadOutcome(applied: false, problems: ["relay-proxy is shutting down"]))
-            }
-        }
+        await self.reloads.reload()
     }
 
-    /// One reload at a time, in the order asked.
     private func serveReloads() async {
-        for await request in self.reloadRequests {
-            self.hooks.reloading()
+        await self.reloads.serve(hooks: self.hooks, logger: self.logger) {
             let outcome = await self.applyReload()
-            if outcome.applied {
-                self.loadedAt.withLock { $0 = Date() }
-                self.logger.info(
-                    "config reloaded",
-                    metadata: [
-                        "changes": "\(outcome.changes.isEmpty ? "none" : outcome.changes.joined(separator: "; "))"
-                    ]
-                )
-            } else {
-                self.logger.error(
-                    "config reload refused; the old config stays in force: \(outcome.problems.joined(separator: "; "))")
-            }
-            self.hooks.reloaded(outcome)
-            request.resume(returning: outcome)
-        }
-    }
-
-    private func reloadOnSIGHUP() async {
-        for await _ in await UnixSignalsSequence(trapping: .sighup) {
-            self.logger.info("SIGHUP: reloading the config")
-            _ = await self.reload()
+            if outcome.applied { self.loadedAt.withLock { $0 = Date() } }
+            return outcome
         }
     }
 
@@ -243,7 +215,7 @@ public final class ProxyServer: Service, Sendable {
         self.logger.info(
             "shutting down: no longer accepting",
             metadata: ["sessions": "\(live)", "drainTimeoutSeconds": "\(drainTimeout)"])
-        self.reloadRequestInput.finish()
+        self.reloads.finish()
         for listener in self.listeners.withLock({ Array($0.values) }) { listener.channel.close(promise: nil) }
         for agent in self.state.agents { agent.close(.shuttingDown, "the relay is shutting down") }
         for session in self.state.sessions { session.fail(.shuttingDown) }

@@ -87,7 +87,8 @@ final class RelayFixture {
             "relay": Self.address(self.relayHost, self.agentPort),
             "id": id,
             "secret": secret,
-            "control": self.directory + "/agent-\(id).sock",
+            // A second live process with the same id (a takeover test) needs its own socket.
+            "control": self.directory + "/agent-\(id)\(self.agentProcesses[id]?.isRunning == true ? "-2" : "").sock",
             "services": services.keys.sorted().map { ["name": $0, "target": Self.address(targetHost, services[$0]!)] },
             "reconnectInitialDelaySeconds": 0.2,
             "reconnectMaxDelaySeconds": 1.0,
