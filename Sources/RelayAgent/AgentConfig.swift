@@ -40,11 +40,13 @@ public struct AgentConfig: Sendable {
     public var reconnectMaxDelay: Double
     /// How long live sessions may drain at shutdown (`drainTimeoutSeconds`, default 30).
     public var drainTimeout: Double
+    /// Where to serve Prometheus metrics over HTTP at `/metrics` (`metrics`, default: not served).
+    public var metrics: HostPort? = nil
 
     static let topLevelKeys: Set<String> = [
         "relay", "id", "secret", "secretFile", "control", "services", "heartbeatIntervalSeconds",
         "heartbeatTimeoutSeconds", "connectTimeoutSeconds", "reconnectInitialDelaySeconds",
-        "reconnectMaxDelaySeconds", "drainTimeoutSeconds",
+        "reconnectMaxDelaySeconds", "drainTimeoutSeconds", "metrics",
     ]
 
     /// Reads and validates the file at `path`; the error lists every problem with its JSON path.
@@ -95,6 +97,7 @@ public struct AgentConfig: Sendable {
                 "$.reconnectMaxDelaySeconds", "must not be shorter than reconnectInitialDelaySeconds (\(initial))")
         }
         let drain = reader.seconds(root, "drainTimeoutSeconds", at: "$", default: 30, range: 0...86400)
+        let metrics = root["metrics"] == nil ? nil : reader.address(root, "metrics", at: "$")
 
         guard let relay, let id, let secret, reader.problems.isEmpty else { return nil }
         return AgentConfig(
@@ -108,7 +111,8 @@ public struct AgentConfig: Sendable {
             connectTimeout: connect,
             reconnectInitialDelay: initial,
             reconnectMaxDelay: maximum,
-            drainTimeout: drain
+            drainTimeout: drain,
+            metrics: metrics
         )
     }
 

@@ -12,14 +12,40 @@ final class AgentSession: Sendable {
     let startedAt = Date()
     let started = ContinuousClock.now
     /// Forward: relay → target (bytes in); backward: target → relay (bytes out).
-    let meter = TrafficMeter()
+    let meter: TrafficMeter
+    let telemetry: ServiceTelemetry
     private let channels = Mutex<[any Channel]>([])
+    private let attachedStore = Mutex<(any Channel)?>(nil)
+    private let killedStore = Mutex(false)
 
-    init(id: String, service: String, client: String, target: String) {
+    init(id: String, service: String, client: String, target: String, telemetry: ServiceTelemetry) {
         self.id = id
         self.service = service
         self.client = client
         self.target = target
+        self.telemetry = telemetry
+        self.meter = TrafficMeter(sink: telemetry)
+    }
+
+    /// The connections adopted so far: the target connection, then the data channel.
+    var connections: [any Channel] { self.channels.withLock { $0 } }
+
+    /// The data channel, once the relay accepted it (bytes flow from then on).
+    var dataChannel: (any Channel)? { self.attachedStore.withLock { $0 } }
+
+    /// Records that the relay accepted `dataChannel` for this session.
+    func markAttached(_ dataChannel: any Channel) {
+        self.attachedStore.withLock { $0 = dataChannel }
+    }
+
+    /// Whether an operator killed the session.
+    var killed: Bool { self.killedStore.withLock { $0 } }
+
+    /// Ends the session for an operator: resets (SO_LINGER {1, 0}) and closes both connections.
+    func kill() async {
+        self.killedStore.withLock { $0 = true }
+        for channel in self.connections { await channel.setResetOnClose() }
+        self.terminate()
     }
 
     /// Remembers a connection of this session, so that ``terminate()`` can close it.
@@ -49,9 +75,17 @@ final class AgentState: Sendable {
         var controlChannel: (any Channel)?
         var sessions: [String: AgentSession] = [:]
         var shuttingDown = false
+        /// The attempt number of the current or last connection attempt.
+        var attempts = 0
+        /// Why the last connection ended or failed.
+        var lastError: String?
+        /// When the current connection state began.
+        var stateSince = Date()
     }
 
     private let store: Mutex<Store>
+    /// Per-service counters and metrics.
+    let telemetry = DaemonTelemetry(role: "agent")
 
     init(config: AgentConfig) {
         self.store = Mutex(Store(config: config))
@@ -67,7 +101,30 @@ final class AgentState: Sendable {
 
     var connection: Connection {
         get { self.store.withLock { $0.connection } }
-        set { self.store.withLock { $0.connection = newValue } }
+        set {
+            let (wasConnected, agent) = self.store.withLock { store in
+                let was = if case .connected = store.connection { true } else { false }
+                if case .connecting(let attempt) = newValue { store.attempts = attempt }
+                if case .waiting(_, let error) = newValue { store.lastError = error }
+                if case .connected = newValue { store.attempts = 0 }
+                if store.connection != newValue { store.stateSince = Date() }
+                store.connection = newValue
+                return (was, store.config.id)
+            }
+            let isConnected = if case .connected = newValue { true } else { false }
+            if isConnected && !wasConnected { self.telemetry.agentConnected(agent) }
+            if wasConnected && !isConnected { self.telemetry.agentDisconnected(agent) }
+        }
+    }
+
+    /// Connection attempts since the last registration, the last error, and when the state began.
+    var connectionHistory: (attempts: Int, lastError: String?, since: Date) {
+        self.store.withLock { ($0.attempts, $0.lastError, $0.stateSince) }
+    }
+
+    /// The live session with this id.
+    func session(_ id: String) -> AgentSession? {
+        self.store.withLock { $0.sessions[id] }
     }
 
     /// Records the live control channel (nil when it closes), unless shutting down.
@@ -84,6 +141,7 @@ final class AgentState: Sendable {
         self.store.withLock { store in
             store.shuttingDown = true
             store.connection = .stopped
+            store.stateSince = Date()
             return store.controlChannel
         }
     }

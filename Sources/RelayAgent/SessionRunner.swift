@@ -18,13 +18,16 @@ struct SessionRunner {
         var logger = self.logger
         logger[metadataKey: "session"] = "\(connect.session)"
         guard let service = config.service(named: connect.service) else {
+            self.state.telemetry.service(connect.service).sessionRefused(reason: "unknown_service")
             control.refuse(
                 session: connect.session, code: .unknownService, message: "agent does not serve '\(connect.service)'")
             return
         }
         let timeout = TimeAmount.fromSeconds(config.connectTimeout)
         let session = AgentSession(
-            id: connect.session, service: service.name, client: connect.client, target: "\(service.target)")
+            id: connect.session, service: service.name, client: connect.client, target: "\(service.target)",
+            telemetry: self.state.telemetry.service(service.name))
+        session.telemetry.sessionOpened()
         self.state.add(session)
         defer { self.state.remove(session) }
         logger.info(
@@ -38,6 +41,7 @@ struct SessionRunner {
         } catch {
             let reason = "cannot connect to \(service.target): \(Network.describe(error))"
             control.refuse(session: connect.session, code: .targetUnreachable, message: reason)
+            session.telemetry.sessionRefused(reason: "target_unreachable")
             logger.warning("session refused: \(reason)")
             return
         }
@@ -49,6 +53,7 @@ struct SessionRunner {
             data = try await Network.dial(config.relay, timeout: timeout, group: self.group)
         } catch {
             target.channel.close(promise: nil)
+            session.telemetry.sessionRefused(reason: "data_channel_failed")
             logger.warning("session failed: cannot open a data channel to \(config.relay): \(Network.describe(error))")
             return
         }
@@ -63,7 +68,11 @@ struct SessionRunner {
                         try await self.attach(
                             connect, reader: reader, writer: dataOut, channel: data.channel, timeout: timeout,
                             logger: logger)
-                    else { return nil }
+                    else {
+                        session.telemetry.sessionRefused(reason: "attach_refused")
+                        return nil
+                    }
+                    session.markAttached(data.channel)
                     logger.info(
                         "session attached", metadata: ["data": "\(data.channel.localAddress?.displayString ?? "?")"])
                     let relaySide = PumpEndpoint(channel: data.channel, reader: reader, writer: dataOut)
@@ -79,6 +88,7 @@ struct SessionRunner {
         guard let outcome else { return }
         let reason: String
         switch outcome {
+        case _ where session.killed: reason = "killed by operator"
         case .finished: reason = "closed by both ends"
         case .failed(.first, let why): reason = "relay side: \(why)"
         case .failed(.second, let why): reason = "target: \(why)"

@@ -1,5 +1,11 @@
 import Synchronization
 
+/// Something told about every chunk a pump moves, while it moves (per-service counters).
+public protocol TrafficSink: Sendable {
+    /// `bytes` moved forward (first endpoint to second) or backward.
+    func add(_ bytes: Int, forward: Bool)
+}
+
 /// Live counters of one session's traffic, updated by the pump and read by status queries.
 ///
 /// "Forward" is from the pump's first endpoint to its second (at the relay: client → agent,
@@ -9,9 +15,12 @@ public final class TrafficMeter: Sendable {
     private let backwardBytes = Atomic<Int64>(0)
     private let forwardDone = Atomic<Bool>(false)
     private let backwardDone = Atomic<Bool>(false)
+    private let sink: (any TrafficSink)?
 
-    /// A meter at zero.
-    public init() {}
+    /// A meter at zero; `sink`, if given, is told about every chunk as it moves.
+    public init(sink: (any TrafficSink)? = nil) {
+        self.sink = sink
+    }
 
     /// Bytes moved from the first endpoint to the second.
     public var forward: Int64 { self.forwardBytes.load(ordering: .relaxed) }
@@ -28,6 +37,7 @@ public final class TrafficMeter: Sendable {
         } else {
             self.backwardBytes.wrappingAdd(Int64(count), ordering: .relaxed)
         }
+        self.sink?.add(count, forward: forward)
     }
 
     func finish(forward: Bool) {

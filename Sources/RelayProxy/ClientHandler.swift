@@ -20,6 +20,7 @@ struct ClientHandler {
             try await connection.executeThenClose { inbound, outbound in
                 // S6: the service must have a connected agent; otherwise close at once.
                 guard let link = self.state.agent(serving: service) else {
+                    self.state.telemetry.service(service).sessionRefused(reason: "no_agent")
                     logger.warning(
                         "client refused: no agent connected for this service",
                         metadata: ["service": "\(service)", "client": "\(client)"]

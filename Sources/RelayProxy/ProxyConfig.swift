@@ -46,11 +46,13 @@ public struct ProxyConfig: Sendable {
     public var attachTimeout: Double
     /// How long live sessions may drain at shutdown (`drainTimeoutSeconds`, default 30).
     public var drainTimeout: Double
+    /// Where to serve Prometheus metrics over HTTP at `/metrics` (`metrics`, default: not served).
+    public var metrics: HostPort? = nil
 
     /// The keys allowed at the top level.
     static let topLevelKeys: Set<String> = [
         "listen", "control", "agents", "services", "heartbeatIntervalSeconds", "heartbeatTimeoutSeconds",
-        "handshakeTimeoutSeconds", "attachTimeoutSeconds", "drainTimeoutSeconds",
+        "handshakeTimeoutSeconds", "attachTimeoutSeconds", "drainTimeoutSeconds", "metrics",
     ]
 
     /// Reads and validates the file at `path`; the error lists every problem with its JSON path.
@@ -117,6 +119,7 @@ public struct ProxyConfig: Sendable {
         let handshake = reader.seconds(root, "handshakeTimeoutSeconds", at: "$", default: 10, range: 0.05...600)
         let attach = reader.seconds(root, "attachTimeoutSeconds", at: "$", default: 10, range: 0.05...600)
         let drain = reader.seconds(root, "drainTimeoutSeconds", at: "$", default: 30, range: 0...86400)
+        let metrics = root["metrics"] == nil ? nil : reader.address(root, "metrics", at: "$")
 
         guard let listen, reader.problems.isEmpty else { return nil }
         return ProxyConfig(
@@ -128,7 +131,8 @@ public struct ProxyConfig: Sendable {
             heartbeatTimeout: timeout,
             handshakeTimeout: handshake,
             attachTimeout: attach,
-            drainTimeout: drain
+            drainTimeout: drain,
+            metrics: metrics
         )
     }
 

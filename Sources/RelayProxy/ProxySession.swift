@@ -59,19 +59,25 @@ final class ProxySession: Sendable {
     let token: String
     let startedAt = Date()
     let started = ContinuousClock.now
-    let meter = TrafficMeter()
+    let meter: TrafficMeter
+    let telemetry: ServiceTelemetry
     let clientChannel: any Channel
     /// Completed when the agent's data channel is joined, or failed with a ``SessionFailure``.
     let attached: EventLoopFuture<DataLink>
     private let phaseStore: Mutex<Phase>
     private let terminationStore = Mutex<SessionFailure?>(nil)
 
-    init(id: String, service: String, agent: String, client: String, clientChannel: any Channel) {
+    init(
+        id: String, service: String, agent: String, client: String, clientChannel: any Channel,
+        telemetry: ServiceTelemetry
+    ) {
         self.id = id
         self.service = service
         self.agent = agent
         self.client = client
         self.token = Tokens.make()
+        self.telemetry = telemetry
+        self.meter = TrafficMeter(sink: telemetry)
         self.clientChannel = clientChannel
         let promise = clientChannel.eventLoop.makePromise(of: DataLink.self)
         self.attached = promise.futureResult
@@ -103,6 +109,7 @@ final class ProxySession: Sendable {
             return promise
         }
         promise?.fail(failure)
+        if promise != nil { self.telemetry.sessionRefused(reason: failure.metricReason) }
         return promise != nil
     }
 

@@ -14,6 +14,8 @@ final class ProxyState: Sendable {
     }
 
     private let store: Mutex<Store>
+    /// Per-service counters and metrics.
+    let telemetry = DaemonTelemetry(role: "proxy")
 
     init(config: ProxyConfig) {
         self.store = Mutex(Store(config: config))
@@ -42,21 +44,26 @@ final class ProxyState: Sendable {
 
     /// Makes `link` the agent's control channel; returns the one it replaces, if any.
     func register(_ link: AgentLink) -> AgentLink? {
-        self.store.withLock { store in
+        let previous = self.store.withLock { store in
             let previous = store.agents[link.id]
             store.agents[link.id] = link
             return previous
         }
+        if previous != nil { self.telemetry.agentDisconnected(link.id) }
+        self.telemetry.agentConnected(link.id)
+        return previous
     }
 
     /// Removes `link` if it is still the agent's control channel, and fails the sessions
     /// still waiting for that agent (their clients are closed at once).
     func unregister(_ link: AgentLink) {
-        let waiting: [ProxySession] = self.store.withLock { store in
-            guard store.agents[link.id] === link else { return [] }
+        let waiting: [ProxySession]? = self.store.withLock { store in
+            guard store.agents[link.id] === link else { return nil }
             store.agents[link.id] = nil
             return store.sessions.values.filter { $0.agent == link.id }
         }
+        guard let waiting else { return }
+        self.telemetry.agentDisconnected(link.id)
         for session in waiting { session.fail(.agentDisconnected) }
     }
 
@@ -71,8 +78,10 @@ final class ProxyState: Sendable {
             var id = SessionIDs.make()
             while store.sessions[id] != nil { id = SessionIDs.make() }
             let session = ProxySession(
-                id: id, service: service, agent: agent, client: client, clientChannel: clientChannel)
+                id: id, service: service, agent: agent, client: client, clientChannel: clientChannel,
+                telemetry: self.telemetry.service(service))
             store.sessions[id] = session
+            session.telemetry.sessionOpened()
             return session
         }
     }

@@ -47,11 +47,20 @@ struct RelayAgentCommand: AsyncParsableCommand {
         logger.logLevel = level
         do {
             let config = try AgentConfig.load(path: self.config)
-            let server = AgentServer(config: config, configPath: self.config, logger: logger, hooks: .systemd())
+            let metrics = RelayMetrics.bootstrap()
+            let server = AgentServer(
+                config: config, configPath: self.config, logger: logger,
+                hooks: DaemonHooks.systemd().countingReloads(role: "agent"))
+            let commands = AgentControlCommands(server: server, metrics: metrics)
+            // The control socket (and the metrics endpoint) are up before the server reports readiness.
+            let services = try await DaemonSupport.bindControlServices(
+                control: config.control, metrics: config.metrics, logger: logger,
+                handler: commands.handle, renderMetrics: commands.renderMetrics)
             var quiet = logger
             quiet.logLevel = .warning
-            try await ServiceGroup(services: [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: quiet)
-                .run()
+            try await ServiceGroup(
+                services: services + [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: quiet
+            ).run()
         } catch {
             logger.critical("relay-agent cannot run: \(error)")
             throw ExitCode(1)

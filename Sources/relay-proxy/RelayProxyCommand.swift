@@ -50,17 +50,24 @@ struct RelayProxyCommand: AsyncParsableCommand {
                 try Systemd.listenedSockets().map { ($0.name, $0.descriptor) },
                 uniquingKeysWith: { first, _ in first }
             )
+            let metrics = RelayMetrics.bootstrap()
             let server = ProxyServer(
                 config: config,
                 configPath: self.config,
                 logger: logger,
-                hooks: .systemd(),
+                hooks: DaemonHooks.systemd().countingReloads(role: "proxy"),
                 adopted: adopted
             )
+            let commands = ProxyControlCommands(server: server, metrics: metrics)
+            // The control socket (and the metrics endpoint) are up before the server reports readiness.
+            let services = try await DaemonSupport.bindControlServices(
+                control: config.control, metrics: config.metrics, logger: logger,
+                handler: commands.handle, renderMetrics: commands.renderMetrics)
             var quiet = logger
             quiet.logLevel = .warning
-            try await ServiceGroup(services: [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: quiet)
-                .run()
+            try await ServiceGroup(
+                services: services + [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: quiet
+            ).run()
         } catch {
             logger.critical("relay-proxy cannot run: \(error)")
             throw ExitCode(1)

@@ -1,0 +1,170 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import RelayProtocol
+import ServiceLifecycle
+import Synchronization
+
+/// A daemon's control socket: a Unix stream socket serving newline-delimited JSON requests
+/// (``ControlRequest``), one response line each (see docs/protocol.md).
+///
+/// Bind it with ``bind(path:group:logger:handler:)`` before the daemon reports readiness,
+/// then run it as a `Service`: it serves until graceful shutdown and removes its socket file.
+/// A bad request never ends the daemon: garbage is answered with an error, an over-long
+/// line with an error and a close.
+public final class ControlSocketServer: Service, Sendable {
+    /// Answers one request.
+    public typealias Handler = @Sendable (ControlRequest) async -> ControlReply
+
+    /// The socket's path.
+    public let path: String
+    private let listener: NIOAsyncChannel<NIOAsyncChannel<ByteBuffer, ByteBuffer>, Never>
+    private let logger: Logger
+    private let handler: Handler
+    private let connections = Atomic<Int>(0)
+
+    private init(
+        path: String,
+        listener: NIOAsyncChannel<NIOAsyncChannel<ByteBuffer, ByteBuffer>, Never>,
+        logger: Logger,
+        handler: @escaping Handler
+    ) {
+        self.path = path
+        self.listener = listener
+        self.logger = logger
+        self.handler = handler
+    }
+
+    /// Prepares the path (see ``SocketFile/prepare(_:)``), binds the socket with mode 0660
+    /// and the daemon's group, and logs it. Throws a one-line ``DaemonError``.
+    public static func bind(
+        path: String,
+        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        logger: Logger,
+        handler: @escaping Handler
+    ) async throws -> ControlSocketServer {
+        try SocketFile.prepare(path)
+        // No moment with a wider mode than 0660: the umask applies to bind(2) itself.
+        let previous = umask(0o117)
+        let listener: NIOAsyncChannel<NIOAsyncChannel<ByteBuffer, ByteBuffer>, Never>
+        do {
+            listener = try await ServerBootstrap(group: group)
+                .bind(unixDomainSocketPath: path, cleanupExistingSocketFile: false) { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
+                    }
+                }
+            umask(previous)
+        } catch {
+            umask(previous)
+            throw DaemonError("cannot listen on the control socket \(path): \(Network.describe(error))")
+        }
+        do {
+            try SocketFile.restrict(path)
+        } catch {
+            try? await listener.channel.close()
+            unlink(path)
+            throw error
+        }
+        logger.info("control socket listening", metadata: ["path": "\(path)"])
+        return ControlSocketServer(path: path, listener: listener, logger: logger, handler: handler)
+    }
+
+    /// Serves until graceful shutdown or cancellation, then closes and removes the socket.
+    public func run() async throws {
+        await withDiscardingTaskGroup { group in
+            group.addTask {
+                try? await gracefulShutdown()
+                self.listener.channel.close(promise: nil)
+            }
+            do {
+                try await self.listener.executeThenClose { inbound in
+                    for try await connection in inbound {
+                        if self.connections.add(1, ordering: .relaxed).newValue > ControlSocketLimits.maxConnections {
+                            self.connections.subtract(1, ordering: .relaxed)
+                            self.logger.warning(
+                                "control connection refused: too many",
+                                metadata: ["limit": "\(ControlSocketLimits.maxConnections)"])
+                            connection.channel.close(promise: nil)
+                            continue
+                        }
+                        group.addTask {
+                            await self.serve(connection)
+                            self.connections.subtract(1, ordering: .relaxed)
+                        }
+                    }
+                }
+            } catch {
+                if !(error is CancellationError) { self.logger.error("control socket failed: \(error)") }
+            }
+            group.cancelAll()
+        }
+        self.close()
+    }
+
+    /// Closes the listener and removes the socket file (if it is still ours).
+    public func close() {
+        self.listener.channel.close(promise: nil)
+        var info = stat()
+        if lstat(self.path, &info) == 0, (info.st_mode & S_IFMT) == S_IFSOCK { unlink(self.path) }
+    }
+
+    /// Serves one connection: a request per line until the client closes, goes idle, or sends an over-long line.
+    private func serve(_ connection: NIOAsyncChannel<ByteBuffer, ByteBuffer>) async {
+        let channel = connection.channel
+        do {
+            try await connection.executeThenClose { inbound, outbound in
+                let reader = InboundReader(inbound, maxLineBytes: ControlSocketLimits.maxRequestBytes)
+                while true {
+                    let deadline = Deadline(
+                        on: channel.eventLoop,
+                        after: .nanoseconds(Int64(ControlSocketLimits.idleTimeout.inSeconds * 1e9))
+                    ) { channel.close(promise: nil) }
+                    let line: ByteBuffer?
+                    do {
+                        line = try await reader.readLine()
+                        deadline.cancel()
+                    } catch let error as ProtocolError {
+                        deadline.cancel()
+                        self.logger.warning("control request refused: \(error.message)")
+                        let reply = ControlReply.failure(
+                            .lineTooLong, "request line longer than \(ControlSocketLimits.maxRequestBytes) bytes")
+                        try await outbound.write(ByteBuffer(bytes: reply.encoded(id: nil)))
+                        return
+                    }
+                    guard let line else { return }
+                    if line.readableBytes == 0 { continue }
+                    let answer: Data
+                    switch Self.decode(line) {
+                    case .success(let request):
+                        answer = await self.handler(request).encoded(id: request.id)
+                    case .failure(let failure):
+                        self.logger.debug("bad control request: \(failure.message)")
+                        answer = ControlReply(value: nil, error: failure).encoded(id: nil)
+                    }
+                    try await outbound.write(ByteBuffer(bytes: answer))
+                }
+            }
+        } catch {
+            self.logger.debug("control connection ended: \(error)")
+        }
+    }
+
+    /// A request from one line, or why it is not one.
+    static func decode(_ line: ByteBuffer) -> Result<ControlRequest, ControlFailure> {
+        let data = Data(line.readableBytesView)
+        do {
+            return .success(try ControlJSON.decoder().decode(ControlRequest.self, from: data))
+        } catch DecodingError.dataCorrupted {
+            return .failure(ControlFailure(.badJSON, "not a JSON object"))
+        } catch {
+            if (try? JSONSerialization.jsonObject(with: data)) is [String: Any] {
+                return .failure(
+                    ControlFailure(
+                        .badRequest, "expected {\"id\": INTEGER, \"command\": STRING, \"args\": {STRING: STRING}}"))
+            }
+            return .failure(ControlFailure(.badJSON, "not a JSON object"))
+        }
+    }
+}

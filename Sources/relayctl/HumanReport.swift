@@ -1,0 +1,166 @@
+import Foundation
+import RelayCore
+
+/// relayctl's default output: what a person reads, in aligned columns.
+enum HumanReport {
+    static func status(_ report: StatusReport, colour: Bool) -> String {
+        let daemon = report.role == "agent" ? "relay-agent" : "relay-proxy"
+        var fields: [(String, String)] = [
+            (
+                "daemon",
+                "\(daemon) \(report.version), pid \(report.pid), up \(HumanFormat.duration(report.uptimeSeconds))"
+            ),
+            ("config", "\(report.config) (loaded \(Self.ago(report.configLoadedAt)))"),
+        ]
+        if let listen = report.listen { fields.append(("agent port", listen)) }
+        if let agent = report.agent { fields.append(("agent id", agent)) }
+        if let relay = report.relay {
+            var state = Self.paint(relay.state, relay.state == "connected" ? .green : .red, colour)
+            if let since = relay.since { state += " since \(Self.ago(since))" }
+            if let retry = relay.retryAt {
+                state += ", next attempt in \(HumanFormat.duration(retry.timeIntervalSinceNow.rounded(.up)))"
+            }
+            fields.append(("relay", "\(relay.address) \(state)"))
+            if let remote = relay.remote, let local = relay.local {
+                fields.append(("channel", "\(local) -> \(remote)"))
+            }
+            if let roundTrip = relay.heartbeatRoundTripSeconds {
+                fields.append(("heartbeat", "\(HumanFormat.shortDuration(roundTrip)) round trip"))
+            }
+            fields.append(("attempts", "\(relay.reconnectAttempts) since the last registration"))
+            if let error = relay.lastError { fields.append(("last error", error)) }
+        }
+        if let connected = report.agentsConnected, let configured = report.agentsConfigured {
+            fields.append(("agents", "\(connected)/\(configured) connected"))
+        }
+        fields.append(
+            (
+                "sessions",
+                "\(report.sessions) live (\(report.sessionsPending) pending), \(report.sessionsTotal) since start"
+            ))
+        fields.append(("control", report.control))
+        if let metrics = report.metrics { fields.append(("metrics", "http://\(metrics)/metrics")) }
+        let width = fields.map(\.0.count).max() ?? 0
+        var lines = fields.map { $0.0.padding(toLength: width, withPad: " ", startingAt: 0) + "  " + $0.1 }
+        if !report.services.isEmpty {
+            lines.append("")
+            lines.append(Self.services(report.services, colour: colour))
+        }
+        if let agents = report.agents, !agents.isEmpty {
+            lines.append("")
+            lines.append(Self.agents(agents, colour: colour))
+        }
+        return lines.joined(separator: "\n")
+    }
+
+    static func agents(_ agents: [AgentReport], colour: Bool) -> String {
+        let rows = agents.map { agent in
+            [
+                agent.id,
+                agent.connected ? "connected" : "down",
+                agent.remote ?? "-",
+                agent.connectedSince.map { HumanFormat.duration(-$0.timeIntervalSinceNow) } ?? "-",
+                agent.heartbeatRoundTripSeconds.map(HumanFormat.shortDuration) ?? "-",
+                agent.services.isEmpty ? "-" : agent.services.joined(separator: ","),
+                "\(agent.sessions)",
+            ]
+        }
+        return HumanFormat.table(
+            ["AGENT", "STATE", "REMOTE", "UP", "RTT", "SERVICES", "SESSIONS"], rows, rightAligned: [3, 4, 6]
+        ) { column, row, text in
+            column == 1 ? Self.paint(text, agents[row].connected ? .green : .red, colour) : text
+        }
+    }
+
+    static func services(_ services: [ServiceReport], colour: Bool) -> String {
+        let atProxy = services.contains { $0.listen != nil }
+        let rows = services.map { service in
+            [
+                service.name,
+                atProxy ? (service.agent ?? "-") : nil,
+                atProxy ? (service.listen ?? "-") : (service.target ?? "-"),
+                service.up ? "up" : "down",
+                "\(service.sessions)",
+                "\(service.sessionsTotal)",
+                HumanFormat.bytes(service.bytesIn),
+                HumanFormat.bytes(service.bytesOut),
+            ].compactMap { $0 }
+        }
+        let header =
+            ["SERVICE"] + (atProxy ? ["AGENT", "LISTEN"] : ["TARGET"]) + ["STATE", "LIVE", "TOTAL", "IN", "OUT"]
+        let stateColumn = atProxy ? 3 : 2
+        return HumanFormat.table(header, rows, rightAligned: Set((stateColumn + 1)...(stateColumn + 4))) {
+            column, row, text in
+            column == stateColumn ? Self.paint(text, services[row].up ? .green : .red, colour) : text
+        }
+    }
+
+    static func sessions(_ sessions: [SessionReport]) -> String {
+        if sessions.isEmpty { return "no live sessions" }
+        let rows = sessions.map { session in
+            [
+                session.id, session.service, session.client, Self.stateText(session.state),
+                HumanFormat.bytes(session.bytesIn), HumanFormat.bytes(session.bytesOut),
+                HumanFormat.duration(session.ageSeconds),
+            ]
+        }
+        return HumanFormat.table(
+            ["ID", "SERVICE", "CLIENT", "STATE", "IN", "OUT", "AGE"], rows, rightAligned: [4, 5, 6])
+    }
+
+    static func session(_ session: SessionReport) -> String {
+        var fields: [(String, String)] = [
+            ("session", session.id),
+            ("service", session.service),
+            ("state", Self.stateText(session.state)),
+            ("client", session.client),
+        ]
+        if let listener = session.listener { fields.append(("listener", listener)) }
+        if let agent = session.agent { fields.append(("agent", agent)) }
+        if let local = session.dataLocal, let remote = session.dataRemote {
+            fields.append(("data channel", "\(local) -> \(remote)"))
+        }
+        if let target = session.target {
+            fields.append(("target", session.targetLocal.map { "\($0) -> \(target)" } ?? target))
+        }
+        fields.append(
+            ("started", "\(Self.timestamp(session.startedAt)) (\(HumanFormat.duration(session.ageSeconds)) ago)"))
+        fields.append(("bytes in", "\(HumanFormat.bytes(session.bytesIn)) (\(session.bytesIn))"))
+        fields.append(("bytes out", "\(HumanFormat.bytes(session.bytesOut)) (\(session.bytesOut))"))
+        let width = fields.map(\.0.count).max() ?? 0
+        return fields.map { $0.0.padding(toLength: width, withPad: " ", startingAt: 0) + "  " + $0.1 }
+            .joined(separator: "\n")
+    }
+
+    static func reload(_ outcome: ReloadOutcome) -> String {
+        if outcome.changes.isEmpty { return "config reloaded: nothing changed" }
+        return (["config reloaded:"] + outcome.changes.map { "  " + $0 }).joined(separator: "\n")
+    }
+
+    /// A session state in words: which way a half-closed session is still open.
+    static func stateText(_ state: String) -> String {
+        switch state {
+        case "half-closed-in": "half-closed (client done)"
+        case "half-closed-out": "half-closed (target done)"
+        default: state
+        }
+    }
+
+    enum Colour: String {
+        case green = "32"
+        case red = "31"
+    }
+
+    static func paint(_ text: String, _ colour: Colour, _ enabled: Bool) -> String {
+        enabled ? "\u{1B}[\(colour.rawValue)m\(text)\u{1B}[0m" : text
+    }
+
+    private static func ago(_ date: Date) -> String {
+        "\(HumanFormat.duration(-date.timeIntervalSinceNow)) ago"
+    }
+
+    private static func timestamp(_ date: Date) -> String {
+        let formatter = ISO8601DateFormatter()
+        return formatter.string(from: date)
+    }
+}

@@ -1,0 +1,41 @@
+import Foundation
+import RelayCore
+
+/// Where relayctl's results go: text or one JSON document on stdout, failures on stderr.
+struct Output {
+    let isJSON: Bool
+    /// Colour only on a terminal, and not when NO_COLOR is set or TERM is dumb.
+    let colour: Bool
+
+    init(json: Bool) {
+        self.isJSON = json
+        let environment = ProcessInfo.processInfo.environment
+        self.colour =
+            !json && isatty(STDOUT_FILENO) == 1 && environment["NO_COLOR"] == nil && environment["TERM"] != "dumb"
+    }
+
+    /// Prints `value` as JSON when `--json` was given; `false` (the caller prints text) otherwise.
+    @discardableResult
+    func json(_ value: some Encodable) -> Bool {
+        guard self.isJSON else { return false }
+        let data = (try? ControlJSON.encoder(pretty: true).encode(value)) ?? Data("null".utf8)
+        FileHandle.standardOutput.write(data + Data("\n".utf8))
+        return true
+    }
+
+    /// Prints text and a newline.
+    func text(_ text: String) {
+        FileHandle.standardOutput.write(Data((text + "\n").utf8))
+    }
+
+    /// Prints text as it is.
+    func raw(_ text: String) {
+        FileHandle.standardOutput.write(Data(text.utf8))
+    }
+
+    /// One line on stderr: `relayctl: message`.
+    func fail(_ message: String) {
+        let clean = message.replacingOccurrences(of: "\n", with: " ")
+        FileHandle.standardError.write(Data("relayctl: \(clean)\n".utf8))
+    }
+}
