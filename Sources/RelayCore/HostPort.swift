@@ -33,7 +33,9 @@ public struct HostPort: Sendable, Hashable, CustomStringConvertible {
         }
         guard !host.isEmpty else { throw AddressError("the host is empty") }
         guard host.allSatisfy({ !$0.isWhitespace }) else { throw AddressError("the host contains white space") }
-        guard let port = Int(portText), port >= (allowPortZero ? 0 : 1), port <= 65535 else {
+        guard portText.count <= 5, portText.allSatisfy(\.isASCIIDigit), let port = Int(portText),
+            port >= (allowPortZero ? 0 : 1), port <= 65535
+        else {
             throw AddressError("the port must be a number from \(allowPortZero ? 0 : 1) to 65535")
         }
         self.host = String(host)
@@ -56,6 +58,10 @@ public struct AddressError: Error, CustomStringConvertible, Sendable {
     /// What is wrong, in a few words.
     public let description: String
     init(_ description: String) { self.description = description }
+}
+
+extension Character {
+    fileprivate var isASCIIDigit: Bool { ("0"..."9").contains(self) }
 }
 
 extension SocketAddress {

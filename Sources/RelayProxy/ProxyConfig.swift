@@ -75,13 +75,14 @@ public struct ProxyConfig: Sendable {
             reader.rejectUnknownKeys(object, at: path, allowed: ["id", "secret", "secretFile"])
             let id = reader.name(object, "id", at: path)
             let secret = reader.secret(object, at: path)
-            guard let id, let secret else { continue }
+            guard let id else { continue }
             if let first = agentPaths[id] {
                 reader.problem("\(path).id", "duplicate agent id '\(id)' (first at \(first))")
                 continue
             }
+            // Known even when its secret is bad, so its services get no second, wrong problem.
             agentPaths[id] = path
-            agents.append(Agent(id: id, secret: secret))
+            if let secret { agents.append(Agent(id: id, secret: secret)) }
         }
 
         var services: [Service] = []
@@ -100,8 +101,8 @@ public struct ProxyConfig: Sendable {
                 reader.problem("\(path).name", "duplicate service name '\(name)' (first at \(first))")
             }
             if let address, address.port != 0 {
-                if let first = listenPaths[address] {
-                    reader.problem("\(path).listen", "address \(address) is already used at \(first)")
+                if let (used, first) = listenPaths.first(where: { Self.overlap($0.key, address) }) {
+                    reader.problem("\(path).listen", "address \(address) overlaps \(used) at \(first)")
                 } else {
                     listenPaths[address] = "\(path).listen"
                 }
@@ -134,6 +135,13 @@ public struct ProxyConfig: Sendable {
             drainTimeout: drain,
             metrics: metrics
         )
+    }
+
+    /// Whether two listen addresses would collide: the same port on the same host, or on
+    /// any host when one of them is a wildcard (`0.0.0.0`, `::`).
+    static func overlap(_ a: HostPort, _ b: HostPort) -> Bool {
+        let wildcards: Set<String> = ["0.0.0.0", "::", "[::]"]
+        return a.port == b.port && (a.host == b.host || wildcards.contains(a.host) || wildcards.contains(b.host))
     }
 
     /// The credentials the control channel checks an agent against.

@@ -52,6 +52,7 @@ import Testing
         ("localhost:99999999999999999999", "the port must be a number from 1 to 65535"),
         ("localhost:-1", "the port must be a number from 1 to 65535"),
         ("localhost:http", "the port must be a number from 1 to 65535"),
+        ("localhost:+80", "the port must be a number from 1 to 65535"),
         ("localhost: 80", "the port must be a number from 1 to 65535"),
         ("localhost:80 ", "the port must be a number from 1 to 65535"),
         ("::1:7835", "write an IPv6 address in brackets, as [::1]:7835"),

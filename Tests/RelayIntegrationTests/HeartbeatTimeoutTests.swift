@@ -34,7 +34,8 @@ struct HeartbeatTimeoutTests {
             print("figure: relay dropped a silent agent after \(elapsed) and \(pings) unanswered pings")
             #expect(report?.code == .timeout)
             #expect(pings >= 2)
-            #expect(elapsed >= .milliseconds(800) && elapsed < .seconds(3))
+            // The relay counts from the last line it heard (register); this clock starts a little later.
+            #expect(elapsed >= .milliseconds(500) && elapsed < .seconds(3), "dropped after \(elapsed)")
             try await relay.proxy.waitForLine(containing: "agent disconnected", "agent=mute", "heartbeat timeout")
         }
     }
