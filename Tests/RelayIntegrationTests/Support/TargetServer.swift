@@ -14,6 +14,9 @@ final class TargetServer: Sendable {
         /// Writes `bytes` of ``TestData`` as fast as the peer takes them (honouring
         /// writability), then closes; ignores what it reads.
         case source(bytes: Int)
+        /// Writes `bytesPerTick` bytes of ``TestData`` every `interval` until the peer closes:
+        /// a slow, endless download for watching a live session.
+        case trickle(bytesPerTick: Int, interval: Duration)
     }
 
     /// Counters shared by all connections.
@@ -47,6 +50,7 @@ final class TargetServer: Sendable {
                         case .echo: EchoHandler()
                         case .hashReply: HashReplyHandler()
                         case .source(let bytes): SourceHandler(total: bytes, stats: stats)
+                        case .trickle(let bytes, let interval): TrickleHandler(bytesPerTick: bytes, interval: interval)
                         }
                     try channel.pipeline.syncOperations.addHandler(handler)
                 }
@@ -151,4 +155,36 @@ private final class SourceHandler: ChannelInboundHandler {
         }
         context.flush()
     }
+}
+
+private final class TrickleHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+    private let bytesPerTick: Int
+    private let interval: TimeAmount
+    private var sent = 0
+    private var task: RepeatedTask?
+
+    init(bytesPerTick: Int, interval: Duration) {
+        self.bytesPerTick = bytesPerTick
+        self.interval = .nanoseconds(
+            Int64(interval.components.seconds) * 1_000_000_000 + interval.components.attoseconds / 1_000_000_000)
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        self.task = context.eventLoop.scheduleRepeatedTask(initialDelay: .zero, delay: self.interval) { _ in
+            let (handler, context) = loopBound.value
+            let slice = TestData.slice(offset: handler.sent, length: handler.bytesPerTick)
+            handler.sent += handler.bytesPerTick
+            context.writeAndFlush(handler.wrapOutboundOut(slice), promise: nil)
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        self.task?.cancel()
+        context.fireChannelInactive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {}
 }
