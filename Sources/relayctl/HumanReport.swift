@@ -16,7 +16,7 @@ enum HumanReport {
         if let agent = report.agent { fields.append(("agent id", agent)) }
         if let relay = report.relay {
             var state = Self.paint(relay.state, relay.state == "connected" ? .green : .red, colour)
-            if let since = relay.since { state += " since \(Self.ago(since))" }
+            if let since = relay.since { state += " for \(HumanFormat.duration(-since.timeIntervalSinceNow))" }
             if let retry = relay.retryAt {
                 state += ", next attempt in \(HumanFormat.duration(retry.timeIntervalSinceNow.rounded(.up)))"
             }

@@ -91,7 +91,7 @@ import Testing
         #expect(
             try Self.check(json).problems == [
                 "$.colour: unknown key (allowed: connectTimeoutSeconds, control, drainTimeoutSeconds, "
-                    + "heartbeatIntervalSeconds, heartbeatTimeoutSeconds, id, reconnectInitialDelaySeconds, "
+                    + "heartbeatIntervalSeconds, heartbeatTimeoutSeconds, id, metrics, reconnectInitialDelaySeconds, "
                     + "reconnectMaxDelaySeconds, relay, secret, secretFile, services)",
                 "$.relay: bad address 'relay.example.net': expected HOST:PORT",
                 "$.id: 'bad id' is not a valid name: use \(Self.nameRule)",

@@ -89,7 +89,7 @@ import Testing
         #expect(
             try Self.check(json).problems == [
                 "$.lisen: unknown key (allowed: agents, attachTimeoutSeconds, control, drainTimeoutSeconds, "
-                    + "handshakeTimeoutSeconds, heartbeatIntervalSeconds, heartbeatTimeoutSeconds, listen, services)",
+                    + "handshakeTimeoutSeconds, heartbeatIntervalSeconds, heartbeatTimeoutSeconds, listen, metrics, services)",
                 "$.agents[0].secert: unknown key (allowed: id, secret, secretFile)",
                 "$.services[0].target: unknown key (allowed: agent, listen, name)",
             ])

@@ -225,7 +225,8 @@ struct RelayctlTests {
             try connection.send("garbage\n")
             #expect(try connection.readLine()?.contains("\"bad_json\"") == true)
             try connection.send("{\"id\":7}\n")
-            #expect(try connection.readLine()?.contains("\"bad_request\"") == true)
+            let badRequest = try connection.readLine() ?? ""
+            #expect(badRequest.contains("\"bad_request\"") && badRequest.contains("\"id\":7"))
             try connection.send("{\"id\":8,\"command\":\"selfdestruct\"}\n")
             let unknown = try connection.readLine() ?? ""
             #expect(unknown.contains("\"unknown_command\"") && unknown.contains("\"id\":8"))

@@ -141,7 +141,7 @@ public final class ControlSocketServer: Service, Sendable {
                         answer = await self.handler(request).encoded(id: request.id)
                     case .failure(let failure):
                         self.logger.debug("bad control request: \(failure.message)")
-                        answer = ControlReply(value: nil, error: failure).encoded(id: nil)
+                        answer = ControlReply(value: nil, error: failure).encoded(id: Self.requestID(line))
                     }
                     try await outbound.write(ByteBuffer(bytes: answer))
                 }
@@ -149,6 +149,13 @@ public final class ControlSocketServer: Service, Sendable {
         } catch {
             self.logger.debug("control connection ended: \(error)")
         }
+    }
+
+    /// The integer `id` of a line that is a JSON object but not a valid request, so that
+    /// even its error can be matched.
+    static func requestID(_ line: ByteBuffer) -> Int? {
+        let object = try? JSONSerialization.jsonObject(with: Data(line.readableBytesView)) as? [String: Any]
+        return object?["id"] as? Int
     }
 
     /// A request from one line, or why it is not one.
