@@ -33,12 +33,16 @@ final class DaemonProcess: Sendable {
     private let lines = Mutex<[String]>([])
     private let partial = Mutex<Data>(Data())
 
-    /// Starts `binary` with `arguments`; stdout is discarded, stderr is collected.
-    init(_ binary: String, arguments: [String], name: String) throws {
+    /// Starts `binary` (one of ours, or an absolute path) with `arguments` and `environment`
+    /// added to the test's own; stdout is discarded, stderr is collected.
+    init(_ binary: String, arguments: [String], name: String, environment: [String: String] = [:]) throws {
         self.name = name
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: Binaries.path(binary))
+        process.executableURL = URL(fileURLWithPath: binary.hasPrefix("/") ? binary : Binaries.path(binary))
         process.arguments = arguments
+        if !environment.isEmpty {
+            process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
+        }
         let pipe = Pipe()
         process.standardError = pipe
         process.standardOutput = FileHandle.nullDevice
