@@ -167,7 +167,10 @@ public struct ProxyControlCommands: Sendable {
     }
 
     private func listenerAddress(_ name: String) -> String? {
-        self.server.listeners.withLock { $0[name] }?.channel.localAddress?.displayString
+        let addresses = self.server.listeners.withLock { $0[name] ?? [] }.compactMap {
+            $0.channel.localAddress?.displayString
+        }
+        return addresses.isEmpty ? nil : addresses.joined(separator: ", ")
     }
 
     static func report(_ session: ProxySession) -> SessionReport {

@@ -28,9 +28,9 @@ public final class ProxyServer: Service, Sendable {
     let logger: Logger
     private let pump: any SessionPump
     private let hooks: DaemonHooks
-    private let adopted: [String: CInt]
+    private let adopted: [String: [CInt]]
     /// The bound listeners by name (`agents` or a service), for status queries.
-    let listeners = Mutex<[String: TCPListener]>([:])
+    let listeners = Mutex<[String: [TCPListener]]>([:])
     private let listenerStarts: AsyncStream<(String, TCPListener)>
     private let listenerStartInput: AsyncStream<(String, TCPListener)>.Continuation
     private let reloads = ReloadCoordinator(daemon: "relay-proxy")
@@ -48,7 +48,7 @@ public final class ProxyServer: Service, Sendable {
         logger: Logger,
         pump: any SessionPump = AsyncChannelPump(),
         hooks: DaemonHooks = DaemonHooks(),
-        adopted: [String: CInt] = [:]
+        adopted: [String: [CInt]] = [:]
     ) {
         self.state = ProxyState(config: config)
         self.configPath = configPath
@@ -216,7 +216,7 @@ public final class ProxyServer: Service, Sendable {
             "shutting down: no longer accepting",
             metadata: ["sessions": "\(live)", "drainTimeoutSeconds": "\(drainTimeout)"])
         self.reloads.finish()
-        for listener in self.listeners.withLock({ Array($0.values) }) { listener.channel.close(promise: nil) }
+        for listener in self.listeners.withLock({ $0.values.flatMap { $0 } }) { listener.channel.close(promise: nil) }
         for agent in self.state.agents { agent.close(.shuttingDown, "the relay is shutting down") }
         for session in self.state.sessions { session.fail(.shuttingDown) }
         if graceful, live > 0, await self.state.waitForNoSessions(timeout: .seconds(drainTimeout)) {
@@ -244,23 +244,31 @@ public final class ProxyServer: Service, Sendable {
         } while (try? await Task.sleep(for: Self.statusInterval)) != nil
     }
 
+    /// Adopts every socket systemd passed under `name` (IPv4 and IPv6 may share one), or
+    /// binds `address` when none was passed.
     private func startListener(_ name: String, address: HostPort, what: String) async throws {
-        let listener: TCPListener
-        do {
-            if let descriptor = self.adopted[name] {
-                listener = try await Network.listen(adopting: descriptor, group: self.group)
-            } else {
-                listener = try await Network.listen(on: try address.resolve(), group: self.group)
+        guard let descriptors = self.adopted[name] else {
+            do {
+                self.register(name, try await Network.listen(on: try address.resolve(), group: self.group))
+            } catch {
+                throw StartError(description: "cannot listen on \(address) for the \(what): \(Network.describe(error))")
             }
-        } catch {
-            let source = self.adopted[name].map { "the socket systemd passed as '\(name)' (fd \($0))" } ?? "\(address)"
-            throw StartError(description: "cannot listen on \(source) for the \(what): \(Network.describe(error))")
+            return
         }
-        self.register(name, listener)
+        for descriptor in descriptors {
+            do {
+                self.register(name, try await Network.listen(adopting: descriptor, group: self.group))
+            } catch {
+                throw StartError(
+                    description:
+                        "cannot listen on the socket systemd passed as '\(name)' (fd \(descriptor)) for the \(what): \(Network.describe(error))"
+                )
+            }
+        }
     }
 
     private func register(_ name: String, _ listener: TCPListener) {
-        self.listeners.withLock { $0[name] = listener }
+        self.listeners.withLock { $0[name, default: []].append(listener) }
         var metadata: Logger.Metadata = ["address": "\(listener.channel.localAddress?.displayString ?? "?")"]
         metadata[name == Self.agentPortName ? "role" : "service"] = "\(name == Self.agentPortName ? "agents" : name)"
         if self.adopted[name] != nil { metadata["adopted"] = "systemd" }
@@ -270,8 +278,8 @@ public final class ProxyServer: Service, Sendable {
 
     @discardableResult
     private func closeListener(_ name: String) -> Bool {
-        guard let listener = self.listeners.withLock({ $0.removeValue(forKey: name) }) else { return false }
-        listener.channel.close(promise: nil)
+        guard let closing = self.listeners.withLock({ $0.removeValue(forKey: name) }) else { return false }
+        for listener in closing { listener.channel.close(promise: nil) }
         return true
     }
 

@@ -47,9 +47,8 @@ struct RelayProxyCommand: AsyncParsableCommand {
         do {
             let config = try ProxyConfig.load(path: self.config)
             let adopted = Dictionary(
-                try Systemd.listenedSockets().map { ($0.name, $0.descriptor) },
-                uniquingKeysWith: { first, _ in first }
-            )
+                grouping: try Systemd.listenedSockets(), by: \.name
+            ).mapValues { $0.map(\.descriptor) }
             let metrics = RelayMetrics.bootstrap()
             let server = ProxyServer(
                 config: config,

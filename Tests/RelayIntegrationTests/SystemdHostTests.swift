@@ -83,6 +83,26 @@ struct SystemdHostTests {
         }
     }
 
+    /// Several sockets may share a name (IPv4 and IPv6): every one of them serves.
+    @Test func severalSocketsOfOneNameAllServe() async throws {
+        try await withSystemdScope { scope in
+            let echo = try await scope.target(.echo)
+            let configuredPort = try await TargetServer.closedPort()
+            let proxy = try await scope.activateProxy(names: ["agents", "web"], alsoIPv6: ["agents", "web"]) { ports in
+                scope.proxyConfig(agentPort: ports["agents"]!, services: ["web": configuredPort])
+            }
+            let agent = try scope.startAgent(
+                relayPort: proxy.ports["agents@v6"]!, relayHost: "::1", services: ["web": echo.port])
+            try await scope.notify.waitFor("READY=1")
+            try await agent.waitForLine(containing: "registered with relay")
+            let message = TestData.random(10_000)
+            #expect(try await TestClient.exchange(port: proxy.ports["web"]!, request: message) == message)
+            #expect(
+                try await TestClient.exchange(port: proxy.ports["web@v6"]!, request: message, host: "::1") == message)
+            #expect(proxy.process.lines(containing: "listening", "adopted=systemd").count == 4)
+        }
+    }
+
     /// SIGHUP with a transfer in flight: RELOADING=1 (with MONOTONIC_USEC) then READY=1, the
     /// transfer completes intact, and a service added by the reload works.
     @Test func reloadWithATransferInFlight() async throws {
@@ -339,8 +359,11 @@ final class SystemdScope {
     /// `names` (passed with those FileDescriptorNames), NOTIFY_SOCKET and WATCHDOG_USEC set.
     /// The proxy itself starts on the first connection to any of them. The ports are
     /// free ports closed again just before; if one was taken meanwhile, it tries again.
+    /// Each name in `alsoIPv6` gets a second socket of the same name on `[::1]`, its port
+    /// under the key `NAME@v6`.
     func activateProxy(
         names: [String],
+        alsoIPv6: [String] = [],
         watchdogUSec: Int = 1_000_000,
         config: ([String: Int]) -> [String: Any]
     ) async throws -> ActivatedProxy {
@@ -348,10 +371,13 @@ final class SystemdScope {
         for attempt in 1...5 {
             var ports: [String: Int] = [:]
             for name in names { ports[name] = try await TargetServer.closedPort() }
+            for name in alsoIPv6 { ports[name + "@v6"] = try await TargetServer.closedPort() }
             try self.writeProxyConfig(config(ports))
+            let sockets =
+                names.map { ($0, "127.0.0.1:\(ports[$0]!)") } + alsoIPv6.map { ($0, "[::1]:\(ports[$0 + "@v6"]!)") }
             let arguments =
-                names.flatMap { ["-l", "127.0.0.1:\(ports[$0]!)"] } + [
-                    "--fdname=" + names.joined(separator: ":"),
+                sockets.flatMap { ["-l", $0.1] } + [
+                    "--fdname=" + sockets.map(\.0).joined(separator: ":"),
                     "-E", "NOTIFY_SOCKET=" + self.notify.path,
                     "-E", "WATCHDOG_USEC=\(watchdogUSec)",
                     Binaries.path("relay-proxy"), "--config", self.proxyConfigPath,
@@ -362,7 +388,7 @@ final class SystemdScope {
             let proxy = ActivatedProxy(process: process, ports: ports)
             self.proxies.append(proxy)
             do {
-                try await process.waitForLine(containing: "Listening on", count: names.count, timeout: .seconds(5))
+                try await process.waitForLine(containing: "Listening on", count: sockets.count, timeout: .seconds(5))
                 return proxy
             } catch  where !process.isRunning {
                 lastLog = process.log  // a port was taken meanwhile: try others
@@ -374,12 +400,13 @@ final class SystemdScope {
     /// Starts relay-agent directly (no activation) with the given NOTIFY_SOCKET, if any.
     func startAgent(
         relayPort: Int,
+        relayHost: String = "127.0.0.1",
         services: [String: Int],
         notify: NotifyListener? = nil,
         watchdogUSec: Int? = nil
     ) throws -> DaemonProcess {
         let config: [String: Any] = [
-            "relay": "127.0.0.1:\(relayPort)",
+            "relay": RelayFixture.address(relayHost, relayPort),
             "id": "office",
             "secret": "systemd test secret",
             "control": self.directory + "/agent.sock",
