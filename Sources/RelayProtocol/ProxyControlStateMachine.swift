@@ -48,8 +48,10 @@ public struct ProxyControlStateMachine: Sendable {
         case fail(ProtocolError)
         /// Authentication failed for this claimed id; an `error` follows as `.fail`.
         case authenticationFailed(agent: String, AuthFailure)
-        /// The agent is registered and serves `services`: make it reachable.
-        case agentReady(agent: String, services: [String])
+        /// The agent is registered and serves `services` (of all it `offered`): make it
+        /// reachable. It comes before the `registered` answer, so that an agent never hears it
+        /// is registered before the relay routes clients to it.
+        case agentReady(agent: String, services: [String], offered: [String])
         /// The agent refused a session.
         case sessionRefused(ControlMessage.Refuse)
         /// The agent answered a ping.
@@ -128,8 +130,8 @@ public struct ProxyControlStateMachine: Sendable {
             }
             self.state = .ready(agent: agent, services: accepted)
             return [
+                .agentReady(agent: agent, services: accepted, offered: accepted + refused.map(\.service)),
                 .send(.registered(.init(accepted: accepted, refused: refused))),
-                .agentReady(agent: agent, services: accepted),
             ]
         case (.ready, .refuse(let refuse)):
             return [.sessionRefused(refuse)]

@@ -22,8 +22,6 @@ final class ProxyControlChannel: Sendable {
     private let heartbeat: Mutex<Heartbeat>
     private let link = Mutex<AgentLink?>(nil)
     private let closeReason = Mutex<String?>(nil)
-    /// Every service the agent offered in `register`, accepted or not.
-    private let offered = Mutex<Set<String>>([])
     private let outbox: AsyncStream<AgentLink.Outgoing>
     private let outboxInput: AsyncStream<AgentLink.Outgoing>.Continuation
 
@@ -135,7 +133,6 @@ final class ProxyControlChannel: Sendable {
             switch action {
             case .send(let message):
                 if case .registered(let registered) = message {
-                    self.offered.withLock { $0 = Set(registered.accepted + registered.refused.map(\.service)) }
                     let agent = self.machine.withLock { $0.authenticatedAgent } ?? "?"
                     for refused in registered.refused {
                         self.logger.warning(
@@ -155,8 +152,8 @@ final class ProxyControlChannel: Sendable {
                 let why = failure == .unknownAgent ? "unknown agent id" : "wrong secret (bad proof)"
                 self.logger.warning("agent authentication failed: \(why)", metadata: ["agent": "\(agent)"])
                 self.noteClose("authentication failed")
-            case .agentReady(let agent, let services):
-                self.register(agent: agent, services: services)
+            case .agentReady(let agent, let services, let offered):
+                self.register(agent: agent, services: services, offered: Set(offered))
             case .sessionRefused(let refuse):
                 let agent = self.link.withLock { $0?.id }
                 if let session = self.state.session(refuse.session), session.agent == agent {
@@ -176,14 +173,14 @@ final class ProxyControlChannel: Sendable {
         }
     }
 
-    private func register(agent: String, services: [String]) {
+    private func register(agent: String, services: [String], offered: Set<String>) {
         self.deadline.cancel()
         self.heartbeat.withLock { $0.heard(at: .now) }
         let link = AgentLink(
             id: agent,
             remote: self.remote,
             services: services,
-            offered: self.offered.withLock { $0 },
+            offered: offered,
             channel: self.channel,
             outbox: self.outboxInput
         )

@@ -120,7 +120,10 @@ struct ChannelPair {
             ])
         #expect(pair.agent.state == .ready(services: ["web", "ssh"]))
         #expect(pair.proxy.state == .ready(agent: "office", services: ["web", "ssh"]))
-        #expect(pair.proxyEvents == [.agentReady(agent: "office", services: ["web", "ssh"])])
+        #expect(
+            pair.proxyEvents == [
+                .agentReady(agent: "office", services: ["web", "ssh"], offered: ["web", "ssh", "db"])
+            ])
         let refusedDB = ControlMessage.RefusedService(
             service: "db", code: .unknownService,
             message: "service 'db' is not assigned to agent 'office' in the relay's config")

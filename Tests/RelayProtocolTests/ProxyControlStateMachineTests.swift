@@ -58,8 +58,8 @@ import Testing
         #expect(
             machine.receive(.register(.init(services: ["web", "ssh"])))
                 == [
+                    .agentReady(agent: "office", services: ["web", "ssh"], offered: ["web", "ssh"]),
                     .send(.registered(.init(accepted: ["web", "ssh"], refused: []))),
-                    .agentReady(agent: "office", services: ["web", "ssh"]),
                 ])
         #expect(machine.state == .ready(agent: "office", services: ["web", "ssh"]))
         #expect(machine.authenticatedAgent == "office")
@@ -155,6 +155,7 @@ import Testing
         let mailMessage = "service 'mail' is not assigned to agent 'office' in the relay's config"
         #expect(
             actions == [
+                .agentReady(agent: "office", services: ["web", "ssh"], offered: ["web", "ssh", "db", "mail"]),
                 .send(
                     .registered(
                         .init(
@@ -163,7 +164,6 @@ import Testing
                                 .init(service: "db", code: .unknownService, message: dbMessage),
                                 .init(service: "mail", code: .unknownService, message: mailMessage),
                             ]))),
-                .agentReady(agent: "office", services: ["web", "ssh"]),
             ])
         #expect(machine.state == .ready(agent: "office", services: ["web", "ssh"]))
     }
@@ -172,7 +172,10 @@ import Testing
         var machine = Self.machine(in: "register")
         #expect(
             machine.receive(.register(.init(services: [])))
-                == [.send(.registered(.init(accepted: [], refused: []))), .agentReady(agent: "office", services: [])])
+                == [
+                    .agentReady(agent: "office", services: [], offered: []),
+                    .send(.registered(.init(accepted: [], refused: []))),
+                ])
     }
 
     @Test func aConfigReloadBetweenAuthAndRegisterIsHonoured() {
@@ -187,7 +190,7 @@ import Testing
         _ = machine.receive(.hello(.init(agent: "office")))
         _ = machine.receive(.auth(.init(proof: Self.goodProof)))
         let actions = machine.receive(.register(.init(services: ["web"])))
-        #expect(actions.last == .agentReady(agent: "office", services: []))
+        #expect(actions.first == .agentReady(agent: "office", services: [], offered: ["web"]))
     }
 
     // MARK: ready
