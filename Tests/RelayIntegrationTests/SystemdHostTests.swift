@@ -251,7 +251,7 @@ struct SystemdHostTests {
             }
             let trigger = try await TestClient.connect(port: proxy.ports["agents"]!)
             // The proxy may have refused and exited already, closing this connection first.
-            trigger.channel.close(promise: nil)
+            try? await trigger.executeThenClose { _, _ in }
             let status = try await proxy.process.waitForExit()
             #expect(status == 1)
             #expect(

@@ -83,7 +83,7 @@ struct TransferTests {
             }
             try await relay.proxy.waitForDescriptors(atMost: proxyBaseline)
             try await agent.waitForDescriptors(atMost: agentBaseline)
-            #expect(target.stats.closed.load(ordering: .relaxed) == 4)
+            try await target.waitForClosed(4)
         }
     }
 
@@ -107,11 +107,7 @@ struct TransferTests {
                 #expect(echoed.map { String(buffer: $0) } == "ping")
             }
             try await agent.waitForLine(containing: "session closed")
-            let deadline = ContinuousClock.now + .seconds(5)
-            while target.stats.closed.load(ordering: .relaxed) < 1 && ContinuousClock.now < deadline {
-                try await Task.sleep(for: .milliseconds(10))
-            }
-            #expect(target.stats.closed.load(ordering: .relaxed) == 1)
+            try await target.waitForClosed(1)
             try await relay.proxy.waitForDescriptors(atMost: proxyBaseline)
             try await agent.waitForDescriptors(atMost: agentBaseline)
         }

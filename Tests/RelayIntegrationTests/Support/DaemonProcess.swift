@@ -32,6 +32,8 @@ final class DaemonProcess: Sendable {
     let process: Process
     private let lines = Mutex<[String]>([])
     private let partial = Mutex<Data>(Data())
+    /// Set once the stderr reader has seen end of stream (every line is in ``log``).
+    private let drained = Atomic<Bool>(false)
 
     /// Starts `binary` (one of ours, or an absolute path) with `arguments` and `environment`
     /// added to the test's own; stdout is discarded, stderr is collected.
@@ -48,16 +50,26 @@ final class DaemonProcess: Sendable {
         process.standardOutput = FileHandle.nullDevice
         process.standardInput = FileHandle.nullDevice
         self.process = process
-        pipe.fileHandleForReading.readabilityHandler = { [weak self] handle in
-            let data = handle.availableData
-            guard let self else { return }
-            if data.isEmpty {
-                handle.readabilityHandler = nil
-                return
-            }
-            self.absorb(data)
-        }
         try process.run()
+        // A thread of its own reads stderr from a duplicate of the pipe's read end, which
+        // it alone closes at end of stream: no dispatch source can outlive its descriptor
+        // when the Process and its Pipe go away first.
+        let descriptor = dup(pipe.fileHandleForReading.fileDescriptor)
+        try? pipe.fileHandleForReading.close()
+        guard descriptor >= 0 else { throw HarnessError("dup of \(name)'s stderr pipe: errno \(errno)") }
+        let reader = Thread { [self] in
+            var buffer = [UInt8](repeating: 0, count: 65536)
+            while true {
+                let count = buffer.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
+                if count < 0 && errno == EINTR { continue }
+                guard count > 0 else { break }
+                self.absorb(Data(buffer[0..<count]))
+            }
+            close(descriptor)
+            self.drained.store(true, ordering: .releasing)
+        }
+        reader.name = "stderr-\(name)"
+        reader.start()
     }
 
     private func absorb(_ data: Data) {
@@ -157,6 +169,12 @@ final class DaemonProcess: Sendable {
                 throw HarnessError("\(self.name) did not exit within \(timeout)")
             }
             try await Task.sleep(for: .milliseconds(10))
+        }
+        // Its last lines may still be in the pipe; a child that inherited stderr may keep the
+        // pipe open longer, so this wait is bounded.
+        let drainDeadline = ContinuousClock.now + .seconds(2)
+        while !self.drained.load(ordering: .acquiring) && ContinuousClock.now < drainDeadline {
+            try await Task.sleep(for: .milliseconds(5))
         }
         return self.process.terminationStatus
     }

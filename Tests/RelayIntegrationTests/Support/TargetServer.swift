@@ -68,6 +68,20 @@ final class TargetServer: Sendable {
         return port
     }
 
+    /// Waits until `count` connections have closed (counted when their close completes).
+    func waitForClosed(_ count: Int, timeout: Duration = .seconds(5)) async throws {
+        let deadline = ContinuousClock.now + timeout
+        while self.stats.closed.load(ordering: .relaxed) < count {
+            guard ContinuousClock.now < deadline else {
+                throw HarnessError(
+                    "only \(self.stats.closed.load(ordering: .relaxed)) of \(count) target connections closed")
+            }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        let closed = self.stats.closed.load(ordering: .relaxed)
+        if closed != count { throw HarnessError("\(closed) target connections closed, expected \(count)") }
+    }
+
     func close() async {
         try? await self.channel.close()
     }
