@@ -1,4 +1,3 @@
-import Foundation
 import Logging
 import NIOCore
 import RelayCore
@@ -7,8 +6,8 @@ import Synchronization
 
 /// One control channel from the agent to the relay: the handshake through the pure
 /// ``AgentControlStateMachine``, heartbeats both ways, and `connect` requests handed to
-/// the session runner. Three tasks share it: the reader, the single writer, the ticker.
-final class AgentControlChannel: Sendable {
+/// the session runner. Its ``ControlChannelLoop`` does the reading, writing and ticking.
+final class AgentControlChannel: ControlChannelHandler {
     /// How it ended, for the reconnect loop.
     struct Outcome: Sendable {
         /// Whether the agent got as far as registering.
@@ -17,29 +16,15 @@ final class AgentControlChannel: Sendable {
         let reason: String
     }
 
-    /// What the writer task takes from the outbox.
-    enum Outgoing: Sendable {
-        case message(ControlMessage)
-        case close
-    }
-
-    /// Messages queued towards the relay before more are dropped (refusals only; the
-    /// relay times those sessions out anyway).
-    static let outboxLimit = 1024
-
     private let config: AgentConfig
     private let logger: Logger
-    private let channel: any Channel
     private let deadline: Deadline
+    private let loop: ControlChannelLoop
     private let onConnect: @Sendable (ControlMessage.Connect, AgentControlChannel) -> Void
     private let onRegistered: @Sendable () -> Void
     private let machine: Mutex<AgentControlStateMachine>
-    private let heartbeat: Mutex<Heartbeat>
     private let registered = Mutex(false)
-    private let closeReason = Mutex<String?>(nil)
     private let roundTripStore = Mutex<Duration?>(nil)
-    private let outbox: AsyncStream<Outgoing>
-    private let outboxInput: AsyncStream<Outgoing>.Continuation
 
     init(
         config: AgentConfig,
@@ -50,21 +35,20 @@ final class AgentControlChannel: Sendable {
     ) {
         self.config = config
         self.logger = logger
-        self.channel = channel
         self.onConnect = onConnect
         self.onRegistered = onRegistered
         self.deadline = Deadline(on: channel.eventLoop, after: .fromSeconds(config.connectTimeout)) { [channel] in
             channel.close(promise: nil)
         }
+        self.loop = ControlChannelLoop(
+            channel: channel,
+            peer: "relay",
+            heartbeatInterval: config.heartbeatInterval,
+            heartbeatTimeout: config.heartbeatTimeout
+        )
         self.machine = Mutex(
             AgentControlStateMachine(agentID: config.id, secret: config.secret, services: config.services.map(\.name))
         )
-        self.heartbeat = Mutex(
-            Heartbeat(
-                interval: .seconds(config.heartbeatInterval), timeout: .seconds(config.heartbeatTimeout), now: .now)
-        )
-        (self.outbox, self.outboxInput) = AsyncStream.makeStream(
-            of: Outgoing.self, bufferingPolicy: .bufferingOldest(Self.outboxLimit))
     }
 
     /// The last heartbeat round trip to the relay.
@@ -72,86 +56,39 @@ final class AgentControlChannel: Sendable {
 
     /// Tells the relay this agent cannot serve a session (S8).
     func refuse(session: String, code: ErrorCode, message: String) {
-        self.outboxInput.yield(.message(.refuse(.init(session: session, code: code, message: message))))
+        self.loop.send(.refuse(.init(session: session, code: code, message: message)))
     }
 
     /// Runs the channel until it closes.
     func run(_ connection: TCPConnection) async -> Outcome {
         do {
             try await connection.executeThenClose { inbound, outbound in
-                let reader = InboundReader(inbound)
-                await withTaskGroup(of: Void.self) { group in
-                    group.addTask { await self.write(to: outbound) }
-                    group.addTask { await self.beat() }
-                    self.perform(self.machine.withLock { $0.start() })
-                    await self.read(from: reader)
-                    self.outboxInput.yield(.close)
-                    self.outboxInput.finish()
-                    group.cancelAll()
-                }
+                self.perform(self.machine.withLock { $0.start() })
+                await self.loop.run(self, reader: InboundReader(inbound), outbound: outbound)
             }
         } catch {
-            self.noteClose("\(error)")
+            self.loop.noteClose("\(error)")
         }
         self.deadline.cancel()
-        return Outcome(
-            registered: self.registered.withLock { $0 }, reason: self.closeReason.withLock { $0 } ?? "closed")
+        return Outcome(registered: self.registered.withLock { $0 }, reason: self.loop.reason)
     }
 
-    private func read(from reader: InboundReader) async {
-        do {
-            while let line = try await reader.readLine() {
-                self.heartbeat.withLock { $0.heard(at: .now) }
-                let actions: [AgentControlStateMachine.Action]
-                do {
-                    let message = try ControlCodec.decode(line)
-                    actions = self.machine.withLock { $0.receive(message) }
-                } catch {
-                    actions = self.machine.withLock { $0.receiveInvalid(error) }
-                }
-                self.perform(actions)
-            }
-            self.noteClose(
-                self.deadline.expired ? "handshake timeout (\(self.config.connectTimeout)s)" : "closed by relay")
-        } catch let error as ProtocolError {
-            self.perform(self.machine.withLock { $0.receiveInvalid(error) })
-        } catch {
-            self.noteClose("read error: \(error)")
-        }
+    func received(_ message: ControlMessage) {
+        self.perform(self.machine.withLock { $0.receive(message) })
     }
 
-    private func write(to outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>) async {
-        writing: for await item in self.outbox {
-            switch item {
-            case .message(let message):
-                do { try await outbound.write(ControlCodec.encode(message)) } catch { break writing }
-            case .close:
-                break writing
-            }
-        }
-        self.channel.close(promise: nil)
+    func receivedInvalid(_ error: ProtocolError) {
+        self.perform(self.machine.withLock { $0.receiveInvalid(error) })
     }
 
-    private func beat() async {
-        let tick = Duration.seconds(max(0.01, min(1, self.config.heartbeatInterval / 4)))
-        while (try? await Task.sleep(for: tick)) != nil {
-            guard self.registered.withLock({ $0 }) else { continue }
-            switch self.heartbeat.withLock({ $0.tick(at: .now) }) {
-            case .none:
-                break
-            case .sendPing(let seq):
-                self.outboxInput.yield(.message(.ping(.init(seq: seq))))
-            case .expired:
-                self.noteClose("heartbeat timeout: relay silent for over \(self.config.heartbeatTimeout)s")
-                self.outboxInput.yield(.message(.error(.init(code: .timeout, message: "no heartbeat from the relay"))))
-                self.outboxInput.yield(.close)
-                return
-            }
-        }
+    var heartbeatsStarted: Bool { self.registered.withLock { $0 } }
+
+    func heartbeatExpired(after timeout: Double) {
+        self.loop.close(after: .error(.init(code: .timeout, message: "no heartbeat from the relay for \(timeout)s")))
     }
 
-    private func noteClose(_ reason: String) {
-        self.closeReason.withLock { $0 = $0 ?? reason }
+    var endOfStreamReason: String {
+        self.deadline.expired ? "handshake timeout (\(self.config.connectTimeout)s)" : "closed by relay"
     }
 
     private func perform(_ actions: [AgentControlStateMachine.Action]) {
@@ -164,11 +101,10 @@ final class AgentControlChannel: Sendable {
                         metadata: ["session": "\(refuse.session)", "code": "\(refuse.code.rawValue)"]
                     )
                 }
-                self.outboxInput.yield(.message(message))
+                self.loop.send(message)
             case .fail(let error):
-                self.noteClose("protocol error: \(error)")
-                self.outboxInput.yield(.message(error.errorMessage))
-                self.outboxInput.yield(.close)
+                self.loop.noteClose("protocol error: \(error)")
+                self.loop.close(after: error.errorMessage)
             case .registered(let accepted, let refused):
                 self.deadline.cancel()
                 self.registered.withLock { $0 = true }
@@ -183,10 +119,7 @@ final class AgentControlChannel: Sendable {
             case .connectRequested(let connect):
                 self.onConnect(connect, self)
             case .pongReceived(let seq):
-                let roundTrip = self.heartbeat.withLock { beat -> Duration? in
-                    beat.pong(seq: seq, at: .now)
-                    return beat.lastRoundTrip
-                }
+                let roundTrip = self.loop.pong(seq: seq)
                 self.roundTripStore.withLock { $0 = roundTrip }
             case .peerError(let report):
                 let message = report.message.prefix(ProtocolLimits.maxReasonLength)
@@ -194,8 +127,8 @@ final class AgentControlChannel: Sendable {
                     self.logger.error(
                         "relay refused authentication: check this agent's id and secret against the relay's config")
                 }
-                self.noteClose("relay closed the channel (\(report.code.rawValue)): \(message)")
-                self.outboxInput.yield(.close)
+                self.loop.noteClose("relay closed the channel (\(report.code.rawValue)): \(message)")
+                self.loop.close()
             }
         }
     }
