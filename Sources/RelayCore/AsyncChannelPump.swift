@@ -51,10 +51,10 @@ public struct AsyncChannelPump: SessionPump {
         return .finished
     }
 
+    /// Why a direction stopped, in a few lowercase words ("connection reset by peer").
     static func describe(_ error: any Error) -> String {
-        if let error = error as? IOError { return error.description }
         if error is ChannelError { return "connection closed" }
         if error is CancellationError { return "cancelled" }
-        return "\(error)"
+        return Network.describe(error)
     }
 }
