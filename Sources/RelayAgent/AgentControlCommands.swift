@@ -24,7 +24,7 @@ public struct AgentControlCommands: Sendable {
         case "services": return .success(self.services())
         case "sessions": return self.sessions(request)
         case "session": return self.session(request)
-        case "kill": return await self.kill(request)
+        case "kill": return self.kill(request)
         case "reload": return await self.reload()
         case "metrics": return .success(MetricsReport(text: self.renderMetrics()))
         case "agents":
@@ -145,7 +145,7 @@ public struct AgentControlCommands: Sendable {
     }
 
     /// Ends a session at once: both connections are reset and closed.
-    func kill(_ request: ControlRequest) async -> ControlReply {
+    func kill(_ request: ControlRequest) -> ControlReply {
         guard let id = request.argument("id") else { return .failure(.badRequest, "'kill' needs args.id") }
         guard let session = self.state.session(id) else {
             return .failure(.unknownSession, "no live session '\(id.prefix(64))'")
@@ -155,7 +155,7 @@ public struct AgentControlCommands: Sendable {
             "session killed by operator",
             metadata: ["session": "\(session.id)", "service": "\(session.service)", "client": "\(session.client)"])
         session.telemetry.sessionKilled()
-        await session.kill()
+        session.kill()
         return .success(KillReport(id: session.id, state: report.state))
     }
 

@@ -41,10 +41,9 @@ final class AgentSession: Sendable {
     /// Whether an operator killed the session.
     var killed: Bool { self.killedStore.withLock { $0 } }
 
-    /// Ends the session for an operator: resets (SO_LINGER {1, 0}) and closes both connections.
-    func kill() async {
+    /// Ends the session for an operator.
+    func kill() {
         self.killedStore.withLock { $0 = true }
-        for channel in self.connections { await channel.setResetOnClose() }
         self.terminate()
     }
 
@@ -53,9 +52,9 @@ final class AgentSession: Sendable {
         self.channels.withLock { $0.append(channel) }
     }
 
-    /// Closes the session's connections, which ends its pump at once.
+    /// Resets the session's connections (operator kill, shutdown), which ends its pump at once.
     func terminate() {
-        for channel in self.channels.withLock({ $0 }) { channel.close(promise: nil) }
+        for channel in self.channels.withLock({ $0 }) { channel.abort() }
     }
 }
 

@@ -14,9 +14,10 @@ public struct AsyncChannelPump: SessionPump {
             var outcome = PumpOutcome.finished
             for await result in group where result != .finished && outcome == .finished {
                 outcome = result
-                // Tear the whole session down: the other direction's read or write fails at once.
-                first.channel.close(promise: nil)
-                second.channel.close(promise: nil)
+                // Tear the whole session down: the other direction's read or write fails at
+                // once, and both peers see a reset (a FIN would leave the next hop half-open).
+                first.channel.abort()
+                second.channel.abort()
             }
             return outcome
         }

@@ -5,7 +5,7 @@ public enum PumpOutcome: Sendable, Equatable {
     /// Both directions ended with a clean end of stream (each FIN passed on as a half-close).
     case finished
     /// A read or write failed on one endpoint (a reset, an error, a close from outside):
-    /// both connections were closed at once.
+    /// both connections were reset at once.
     case failed(endpoint: Endpoint, reason: String)
 
     /// Which endpoint of the pump an error came from.
@@ -20,7 +20,8 @@ public enum PumpOutcome: Sendable, Equatable {
 /// - backpressure: a slow reader stalls its writer; no buffer grows without bound;
 /// - half-close: end of stream on one side becomes a shutdown of writes on the other, and
 ///   the run ends when both directions have ended;
-/// - an error or reset on either side closes both connections at once;
+/// - an error or reset on either side closes both connections at once, abortively
+///   (`Channel.abort()`), so each peer sees a reset and the next hop tears down too;
 /// - the meter is kept current while bytes move.
 public protocol SessionPump: Sendable {
     /// Runs until both directions are done or one side fails. Never throws: the outcome says how it ended.

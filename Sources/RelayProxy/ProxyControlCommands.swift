@@ -25,7 +25,7 @@ public struct ProxyControlCommands: Sendable {
         case "services": return .success(self.services())
         case "sessions": return self.sessions(request)
         case "session": return self.session(request)
-        case "kill": return await self.kill(request)
+        case "kill": return self.kill(request)
         case "reload": return await self.reload()
         case "metrics": return .success(MetricsReport(text: self.renderMetrics()))
         default:
@@ -139,16 +139,14 @@ public struct ProxyControlCommands: Sendable {
         return .success(Self.report(session))
     }
 
-    /// Ends a session at once: both connections get SO_LINGER {1, 0} and are closed, so
-    /// the client and the agent see a reset and tear down without waiting.
-    func kill(_ request: ControlRequest) async -> ControlReply {
+    /// Ends a session at once: ``ProxySession/terminate(_:)`` resets both connections, so
+    /// the client and the agent tear down without waiting.
+    func kill(_ request: ControlRequest) -> ControlReply {
         guard let id = request.argument("id") else { return .failure(.badRequest, "'kill' needs args.id") }
         guard let session = self.state.session(id) else {
             return .failure(.unknownSession, "no live session '\(id.prefix(64))'")
         }
         let report = Self.report(session)
-        await session.clientChannel.setResetOnClose()
-        if case .open(let dataChannel) = session.phase { await dataChannel.setResetOnClose() }
         self.server.logger.notice(
             "session killed by operator",
             metadata: ["session": "\(session.id)", "service": "\(session.service)", "client": "\(session.client)"])

@@ -118,13 +118,13 @@ final class ProxySession: Sendable {
         self.phaseStore.withLock { $0 = .closed }
     }
 
-    /// Ends the session from outside (operator kill, shutdown): fails it if pending, else
-    /// closes both connections, which ends the pump at once.
+    /// Ends the session from outside (operator kill, shutdown): resets the client (and the
+    /// data channel, once joined), which ends the pump at once; a pending session also fails.
     func terminate(_ failure: SessionFailure) {
         self.terminationStore.withLock { $0 = failure }
+        self.clientChannel.abort()
         if case .open(let dataChannel) = self.phase {
-            self.clientChannel.close(promise: nil)
-            dataChannel.close(promise: nil)
+            dataChannel.abort()
         } else {
             self.fail(failure)
         }

@@ -17,6 +17,11 @@ final class TargetServer: Sendable {
         /// Writes `bytesPerTick` bytes of ``TestData`` every `interval` until the peer closes:
         /// a slow, endless download for watching a live session.
         case trickle(bytesPerTick: Int, interval: Duration)
+        /// Resets the connection (an abortive close) as soon as anything arrives.
+        case resetOnRead
+        /// Reads and drops everything, writes nothing, and stays open after the peer's FIN:
+        /// only a close from the agent ends the connection.
+        case silent
     }
 
     /// Counters shared by all connections.
@@ -51,6 +56,8 @@ final class TargetServer: Sendable {
                         case .hashReply: HashReplyHandler()
                         case .source(let bytes): SourceHandler(total: bytes, stats: stats)
                         case .trickle(let bytes, let interval): TrickleHandler(bytesPerTick: bytes, interval: interval)
+                        case .resetOnRead: ResetHandler()
+                        case .silent: SilentHandler()
                         }
                     try channel.pipeline.syncOperations.addHandler(handler)
                 }
@@ -201,4 +208,20 @@ private final class TrickleHandler: ChannelInboundHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {}
+}
+
+private final class ResetHandler: ChannelInboundHandler, Sendable {
+    typealias InboundIn = ByteBuffer
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        TestClient.reset(context.channel)
+    }
+}
+
+private final class SilentHandler: ChannelInboundHandler, Sendable {
+    typealias InboundIn = ByteBuffer
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {}
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {}
 }

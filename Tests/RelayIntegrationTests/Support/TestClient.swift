@@ -30,6 +30,14 @@ enum TestClient {
         }
     }
 
+    /// Closes `channel` abortively: SO_LINGER 0, so the peer gets a reset instead of a FIN.
+    static func reset(_ channel: any Channel) {
+        let provider = channel as! any SocketOptionProvider
+        provider.setSoLinger(linger(l_onoff: 1, l_linger: 0)).whenComplete { _ in
+            channel.close(promise: nil)
+        }
+    }
+
     /// Connects and measures how long until the relay closes the connection; fails if it
     /// stays open past `limit`.
     static func timeUntilClosed(port: Int, limit: Duration = .seconds(5)) async throws -> Duration {
