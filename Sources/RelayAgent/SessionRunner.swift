@@ -1,4 +1,3 @@
-import Foundation
 import Logging
 import NIOCore
 import RelayCore
@@ -93,14 +92,7 @@ struct SessionRunner {
         case .failed(.first, let why): reason = "relay side: \(why)"
         case .failed(.second, let why): reason = "target: \(why)"
         }
-        logger.info(
-            "session closed",
-            metadata: [
-                "bytesIn": "\(session.meter.forward)", "bytesOut": "\(session.meter.backward)",
-                "duration": "\(String(format: "%.3fs", (ContinuousClock.now - session.started).inSeconds))",
-                "reason": "\(reason)",
-            ]
-        )
+        logger.sessionClosed(meter: session.meter, started: session.started, reason: reason)
     }
 
     /// Sends `attach` and reads the relay's answer within `timeout`; `false` (logged) if refused.

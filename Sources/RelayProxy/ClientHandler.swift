@@ -1,4 +1,3 @@
-import Foundation
 import Logging
 import NIOCore
 import RelayCore
@@ -50,7 +49,7 @@ struct ClientHandler {
                     deadline.cancel()
                     logger.warning(
                         "session failed: \(error)",
-                        metadata: ["service": "\(service)", "duration": "\(Self.elapsed(session))"]
+                        metadata: ["service": "\(service)", "duration": "\(session.started.elapsedForLog)"]
                     )
                     return
                 }
@@ -72,20 +71,10 @@ struct ClientHandler {
                     case .failed(.second, let why): reason = "agent side: \(why)"
                     }
                 }
-                logger.info(
-                    "session closed",
-                    metadata: [
-                        "bytesIn": "\(session.meter.forward)", "bytesOut": "\(session.meter.backward)",
-                        "duration": "\(Self.elapsed(session))", "reason": "\(reason)",
-                    ]
-                )
+                logger.sessionClosed(meter: session.meter, started: session.started, reason: reason)
             }
         } catch {
             logger.debug("client connection ended with an error: \(error)")
         }
-    }
-
-    static func elapsed(_ session: ProxySession) -> String {
-        String(format: "%.3fs", (ContinuousClock.now - session.started).inSeconds)
     }
 }
