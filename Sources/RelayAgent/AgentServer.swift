@@ -102,7 +102,8 @@ public final class AgentServer: Service, Sendable {
                 let connection = try await Network.dial(
                     config.relay, timeout: .fromSeconds(config.connectTimeout), group: self.group)
                 guard self.state.setControlChannel(connection.channel) else {
-                    connection.channel.close(promise: nil)
+                    // Shutting down: close it the only way an NIOAsyncChannel may be dropped.
+                    try? await connection.executeThenClose { _, _ in }
                     break
                 }
                 let control = AgentControlChannel(

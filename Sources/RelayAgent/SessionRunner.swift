@@ -46,22 +46,25 @@ struct SessionRunner {
         }
         session.adopt(target.channel)
 
-        // S10: a fresh data channel to the relay, attached to this session.
-        let data: TCPConnection
-        do {
-            data = try await Network.dial(config.relay, timeout: timeout, group: self.group)
-        } catch {
-            target.channel.close(promise: nil)
-            session.telemetry.sessionRefused(reason: "data_channel_failed")
-            logger.warning("session failed: cannot open a data channel to \(config.relay): \(Network.describe(error))")
-            return
-        }
-        session.adopt(data.channel)
-
+        // Every connection is closed through executeThenClose: an NIOAsyncChannel dropped
+        // without it traps when its writer is deinitialised.
         let outcome: PumpOutcome?
         do {
-            outcome = try await data.executeThenClose { dataIn, dataOut in
-                try await target.executeThenClose { targetIn, targetOut in
+            outcome = try await target.executeThenClose { targetIn, targetOut -> PumpOutcome? in
+                // S10: a fresh data channel to the relay, attached to this session.
+                let data: TCPConnection
+                do {
+                    data = try await Network.dial(config.relay, timeout: timeout, group: self.group)
+                } catch {
+                    // Said on the control channel, so the relay closes the client now rather than at its attach timeout.
+                    let reason = "cannot open a data channel to \(config.relay): \(Network.describe(error))"
+                    control.refuse(session: connect.session, code: .dataChannelFailed, message: reason)
+                    session.telemetry.sessionRefused(reason: "data_channel_failed")
+                    logger.warning("session refused: \(reason)")
+                    return nil
+                }
+                session.adopt(data.channel)
+                return try await data.executeThenClose { dataIn, dataOut in
                     let reader = InboundReader(dataIn)
                     guard
                         try await self.attach(

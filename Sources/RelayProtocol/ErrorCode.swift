@@ -27,6 +27,8 @@ public enum ErrorCode: String, Codable, Sendable, CaseIterable {
     case unknownService = "unknown_service"
     /// The agent could not connect to the service's target.
     case targetUnreachable = "target_unreachable"
+    /// The agent reached the target but could not open a data channel to the relay.
+    case dataChannelFailed = "data_channel_failed"
     /// A newer control channel for the same agent took over this one.
     case replaced = "replaced"
     /// The sender is shutting down.

@@ -1,4 +1,6 @@
 import NIOCore
+import NIOPosix
+import RelayProtocol
 import Testing
 
 /// Each way a client cannot be served closes it promptly with a logged reason, while the
@@ -6,6 +8,8 @@ import Testing
 @Suite(.serialized, .timeLimit(.minutes(2)))
 struct RefusalTests {
     static let prompt = Duration.seconds(2)
+    /// Sessions whose data channel cannot be opened, in one run.
+    static let dataChannelAttempts = 20
 
     @Test func everyRefusalClosesTheClientPromptlyAndOthersGoOn() async throws {
         let echo = try await TargetServer.start(.echo)
@@ -82,5 +86,82 @@ struct RefusalTests {
         print("figure: client of '\(service)' closed after \(elapsed)")
         #expect(elapsed < Self.prompt, "client of \(service) closed after \(elapsed)")
         try await relay.proxy.waitForLine(containing: reason, "service=\(service)")
+    }
+
+    /// An agent that reaches the target but cannot open a data channel says so on the
+    /// control channel (`refuse data_channel_failed`), so the relay need not wait out its
+    /// attach timeout. A hand-driven relay closes its listener after the control channel,
+    /// so the agent's data channel is refused.
+    @Test func dataChannelThatCannotBeOpenedIsRefusedPromptly() async throws {
+        let echo = try await TargetServer.start(.echo)
+        defer { Task { await echo.close() } }
+        let listener = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .bind(host: "127.0.0.1", port: 0) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
+                }
+            }
+        let port = listener.channel.localAddress!.port!
+        try await withFixture(agents: [], services: []) { fixture in
+            let config: [String: Any] = [
+                "relay": "127.0.0.1:\(port)", "id": "office", "secret": "s3cret",
+                "control": fixture.directory + "/agent.sock",
+                "services": [["name": "web", "target": "127.0.0.1:\(echo.port)"]],
+            ]
+            let agent = try DaemonProcess(
+                "relay-agent", arguments: ["--config", try fixture.write(config, to: "agent.json")], name: "agent")
+            do {
+                let (refusal, elapsed) = try await listener.executeThenClose { connections in
+                    var accepted = connections.makeAsyncIterator()
+                    guard let control = try await accepted.next() else { throw HarnessError("no control channel") }
+                    try await listener.channel.close()
+                    return try await control.executeThenClose { inbound, outbound in
+                        let lines = FakeAgent.Lines(iterator: inbound.makeAsyncIterator(), outbound: outbound)
+                        guard case .hello? = try await lines.receive() else { throw HarnessError("no hello") }
+                        try await lines.send(.challenge(.init(nonce: Authenticator.makeNonce())))
+                        guard case .auth? = try await lines.receive() else { throw HarnessError("no auth") }
+                        try await lines.send(.welcome(.init(heartbeatSeconds: 10)))
+                        guard case .register(let register)? = try await lines.receive() else {
+                            throw HarnessError("no register")
+                        }
+                        try await lines.send(.registered(.init(accepted: register.services, refused: [])))
+                        // Several sessions, one after another: a failure path that leaks or traps shows.
+                        var slowest = Duration.zero
+                        var last: ControlMessage.Refuse?
+                        for _ in 0..<Self.dataChannelAttempts {
+                            let session = SessionIDs.make()
+                            let asked = ContinuousClock.now
+                            try await lines.send(
+                                .connect(
+                                    .init(session: session, service: "web", token: Tokens.make(), client: "127.0.0.1:1")
+                                ))
+                            last = nil
+                            while last == nil, let message = try await lines.receive() {
+                                if case .refuse(let refuse) = message, refuse.session == session { last = refuse }
+                            }
+                            guard last != nil else {
+                                throw HarnessError("the agent closed the control channel without refusing")
+                            }
+                            slowest = max(slowest, ContinuousClock.now - asked)
+                        }
+                        return (last!, slowest)
+                    }
+                }
+                print("figure: data channel refused \(Self.dataChannelAttempts) times, agent said so within \(elapsed)")
+                #expect(refusal.code == .dataChannelFailed)
+                #expect(refusal.message.contains("connection refused"), "\(refusal.message)")
+                #expect(elapsed < Self.prompt)
+                try await agent.waitForLine(containing: "session refused", "cannot open a data channel")
+                try await echo.waitForClosed(Self.dataChannelAttempts)
+                // The failed sessions took nothing else down: the agent still answers relayctl.
+                let status = try await Relayctl.run(["--socket", fixture.directory + "/agent.sock", "status"])
+                #expect(status.status == 0, "\(status)")
+                #expect(agent.process.isRunning)
+                await agent.stop()
+            } catch {
+                await agent.stop()
+                throw error
+            }
+        }
     }
 }
