@@ -1,5 +1,6 @@
 import Foundation
 import NIOCore
+import RelayCore
 import Synchronization
 import Testing
 
@@ -246,6 +247,38 @@ struct RelayctlTests {
             // Still serving, both the control socket and clients.
             let status = try await Relayctl.json(["--socket", socket, "status"]) as? [String: Any]
             #expect(status?["role"] as? String == "proxy")
+            #expect(try await TestClient.exchange(port: relay.servicePort("e"), request: [1, 2, 3]) == [1, 2, 3])
+            #expect(relay.proxy.isRunning)
+        }
+    }
+
+    /// Connections past `ControlSocketLimits.maxConnections` are closed at once; the
+    /// daemon goes on serving the others and its clients.
+    @Test func controlConnectionsPastTheLimitAreClosedAndTheDaemonServesOn() async throws {
+        let target = try await TargetServer.start(.echo)
+        defer { Task { await target.close() } }
+        try await withFixture(
+            agents: [.init(id: "office", secret: "s3cret")], services: [.init(name: "e", agent: "office")]
+        ) { relay in
+            try await relay.startProxy()
+            try await relay.startAgent(id: "office", services: ["e": target.port])
+            let socket = relay.directory + "/proxy.sock"
+            // Each held connection is known to be served once it has answered a request.
+            var held: [UnixSocket] = []
+            for id in 0..<ControlSocketLimits.maxConnections {
+                let connection = try UnixSocket.connect(socket)
+                try connection.send("{\"id\":\(id),\"command\":\"status\"}\n")
+                #expect(try connection.readLine()?.contains("\"ok\":true") == true)
+                held.append(connection)
+            }
+            for _ in 0..<3 {
+                let extra = try UnixSocket.connect(socket)
+                #expect(try extra.readLine() == nil, "a connection past the limit is closed at once")
+            }
+            try await relay.proxy.waitForLine(containing: "control connection refused: too many", count: 3)
+            held.removeAll()
+            let status = try await Relayctl.run(["--socket", socket, "status"])
+            #expect(status.status == 0, "\(status)")
             #expect(try await TestClient.exchange(port: relay.servicePort("e"), request: [1, 2, 3]) == [1, 2, 3])
             #expect(relay.proxy.isRunning)
         }

@@ -86,7 +86,8 @@ public final class ControlSocketServer: Service, Sendable {
                             self.logger.warning(
                                 "control connection refused: too many",
                                 metadata: ["limit": "\(ControlSocketLimits.maxConnections)"])
-                            connection.channel.close(promise: nil)
+                            // An NIOAsyncChannel must be closed through executeThenClose: dropped, its writer traps.
+                            try? await connection.executeThenClose { _, _ in }
                             continue
                         }
                         group.addTask {
