@@ -1,12 +1,41 @@
 import Foundation
 import NIOCore
 import NIOPosix
+import Synchronization
 
 /// A TCP connection as the async code sees it: raw bytes in, raw bytes out.
 public typealias TCPConnection = NIOAsyncChannel<ByteBuffer, ByteBuffer>
 
 /// A listening socket yielding accepted connections.
-public typealias TCPListener = NIOAsyncChannel<TCPConnection, Never>
+public typealias TCPListener = NIOAsyncChannel<AcceptedConnection, Never>
+
+/// A connection a listener accepted, until a handler takes it.
+///
+/// An `NIOAsyncChannel` must end in `executeThenClose`: dropped, its writer traps. NIO
+/// drops the connections a listener accepted in the moment it closes (SIGTERM, a reload
+/// that removes a service), and a cancelled accept loop drops those still queued. This
+/// owner closes a connection nobody took, properly, so such a moment costs nothing more.
+public final class AcceptedConnection: Sendable {
+    private let connection: Mutex<TCPConnection?>
+
+    init(_ connection: TCPConnection) {
+        self.connection = Mutex(connection)
+    }
+
+    /// The connection, once: whoever takes it must run it through `executeThenClose`.
+    public func take() -> TCPConnection? {
+        self.connection.withLock { connection in
+            defer { connection = nil }
+            return connection
+        }
+    }
+
+    deinit {
+        if let untaken = self.connection.withLock({ $0 }) {
+            Task { try? await untaken.executeThenClose { _, _ in } }
+        }
+    }
+}
 
 /// Making listeners and outgoing connections configured the same way everywhere.
 public enum Network {
@@ -29,14 +58,14 @@ public enum Network {
     /// Binds a TCP listener on `address`.
     public static func listen(on address: SocketAddress, group: any EventLoopGroup) async throws -> TCPListener {
         try await self.serverBootstrap(group: group).bind(to: address) { channel in
-            self.wrap(channel)
+            self.wrapAccepted(channel)
         }
     }
 
     /// Adopts a listening socket that was handed to us (systemd socket activation).
     public static func listen(adopting descriptor: CInt, group: any EventLoopGroup) async throws -> TCPListener {
         try await self.serverBootstrap(group: group).bind(descriptor, cleanupExistingSocketFile: false) { channel in
-            self.wrap(channel)
+            self.wrapAccepted(channel)
         }
     }
 
@@ -75,6 +104,17 @@ public enum Network {
     private static func wrap(_ channel: any Channel) -> EventLoopFuture<TCPConnection> {
         channel.eventLoop.makeCompletedFuture {
             try TCPConnection(wrappingChannelSynchronously: channel, configuration: self.connectionConfiguration)
+        }
+    }
+
+    /// An accepted child, wrapped as soon as it exists (so no read is missed) and owned
+    /// until a handler takes it.
+    static func wrapAccepted(
+        _ channel: any Channel,
+        configuration: TCPConnection.Configuration = Network.connectionConfiguration
+    ) -> EventLoopFuture<AcceptedConnection> {
+        channel.eventLoop.makeCompletedFuture {
+            AcceptedConnection(try TCPConnection(wrappingChannelSynchronously: channel, configuration: configuration))
         }
     }
 }

@@ -291,8 +291,11 @@ public final class ProxyServer: Service, Sendable {
         do {
             try await listener.executeThenClose { inbound in
                 try await withThrowingDiscardingTaskGroup { group in
-                    for try await connection in inbound {
-                        group.addTask { await handler(connection) }
+                    for try await accepted in inbound {
+                        group.addTask {
+                            guard let connection = accepted.take() else { return }
+                            await handler(connection)
+                        }
                     }
                 }
             }

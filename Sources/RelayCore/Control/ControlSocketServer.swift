@@ -19,14 +19,14 @@ public final class ControlSocketServer: Service, Sendable {
 
     /// The socket's path.
     public let path: String
-    private let listener: NIOAsyncChannel<NIOAsyncChannel<ByteBuffer, ByteBuffer>, Never>
+    private let listener: NIOAsyncChannel<AcceptedConnection, Never>
     private let logger: Logger
     private let handler: Handler
     private let connections = Atomic<Int>(0)
 
     private init(
         path: String,
-        listener: NIOAsyncChannel<NIOAsyncChannel<ByteBuffer, ByteBuffer>, Never>,
+        listener: NIOAsyncChannel<AcceptedConnection, Never>,
         logger: Logger,
         handler: @escaping Handler
     ) {
@@ -47,13 +47,11 @@ public final class ControlSocketServer: Service, Sendable {
         try SocketFile.prepare(path)
         // No moment with a wider mode than 0660: the umask applies to bind(2) itself.
         let previous = umask(0o117)
-        let listener: NIOAsyncChannel<NIOAsyncChannel<ByteBuffer, ByteBuffer>, Never>
+        let listener: NIOAsyncChannel<AcceptedConnection, Never>
         do {
             listener = try await ServerBootstrap(group: group)
                 .bind(unixDomainSocketPath: path, cleanupExistingSocketFile: false) { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
-                    }
+                    Network.wrapAccepted(channel, configuration: .init())
                 }
             umask(previous)
         } catch {
@@ -80,13 +78,13 @@ public final class ControlSocketServer: Service, Sendable {
             }
             do {
                 try await self.listener.executeThenClose { inbound in
-                    for try await connection in inbound {
+                    for try await accepted in inbound {
+                        guard let connection = accepted.take() else { continue }
                         if self.connections.add(1, ordering: .relaxed).newValue > ControlSocketLimits.maxConnections {
                             self.connections.subtract(1, ordering: .relaxed)
                             self.logger.warning(
                                 "control connection refused: too many",
                                 metadata: ["limit": "\(ControlSocketLimits.maxConnections)"])
-                            // An NIOAsyncChannel must be closed through executeThenClose: dropped, its writer traps.
                             try? await connection.executeThenClose { _, _ in }
                             continue
                         }
