@@ -87,6 +87,39 @@ struct TransferTests {
         }
     }
 
+    /// The other way round: the target finishes first (a greeting, then FIN); the client
+    /// sees the end of the reply but may still send, and all it sends reaches the target.
+    @Test func targetHalfCloseLeavesTheClientsDirectionOpen() async throws {
+        let greeting = "220 ready, send your data\n"
+        let target = try await TargetServer.start(.greetThenRead(greeting: greeting))
+        defer { Task { await target.close() } }
+        try await withFixture(
+            agents: [.init(id: "office", secret: "s3cret")], services: [.init(name: "g", agent: "office")]
+        ) { relay in
+            try await relay.startProxy()
+            try await relay.startAgent(id: "office", services: ["g": target.port])
+            let baseline = relay.baseline()
+            let upload = TestData.slice(offset: 0, length: 3_000_000)
+            var expected = Digest()
+            expected.update(upload)
+            let connection = try await TestClient.connect(port: relay.servicePort("g"))
+            let received = try await connection.executeThenClose { inbound, outbound in
+                var received = ""
+                for try await chunk in inbound { received += String(buffer: chunk) }
+                // The relay passed the target's FIN on; the client's direction is still open.
+                try await outbound.write(upload)
+                outbound.finish()
+                return received
+            }
+            #expect(received == greeting)
+            try await target.waitForClosed(1)
+            #expect(target.stats.sourceDigests.withLock { $0 } == [expected.hex()])
+            try await relay.proxy.waitForLine(
+                containing: "session closed", "bytesIn=\(upload.readableBytes)", "bytesOut=\(greeting.utf8.count)")
+            try await relay.expectNothingLeftOpen(since: baseline)
+        }
+    }
+
     /// S18–S20: the client drops its connection; the relay closes the data channel and the
     /// agent closes the target connection, leaving nothing open.
     @Test func clientCloseClosesTheTargetConnection() async throws {

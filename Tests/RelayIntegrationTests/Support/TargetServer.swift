@@ -22,6 +22,9 @@ final class TargetServer: Sendable {
         /// Reads and drops everything, writes nothing, and stays open after the peer's FIN:
         /// only a close from the agent ends the connection.
         case silent
+        /// Writes `greeting` and half-closes at once, then reads until end of stream, records
+        /// the SHA-256 of what it read in ``Stats/sourceDigests``, and closes.
+        case greetThenRead(greeting: String)
     }
 
     /// Counters shared by all connections.
@@ -58,6 +61,7 @@ final class TargetServer: Sendable {
                         case .trickle(let bytes, let interval): TrickleHandler(bytesPerTick: bytes, interval: interval)
                         case .resetOnRead: ResetHandler()
                         case .silent: SilentHandler()
+                        case .greetThenRead(let greeting): GreetThenReadHandler(greeting: greeting, stats: stats)
                         }
                     try channel.pipeline.syncOperations.addHandler(handler)
                 }
@@ -224,4 +228,53 @@ private final class SilentHandler: ChannelInboundHandler, Sendable {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {}
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {}
+}
+
+private final class GreetThenReadHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+    private let greeting: String
+    private let stats: TargetServer.Stats
+    private var digest = Digest()
+    private var recorded = false
+
+    init(greeting: String, stats: TargetServer.Stats) {
+        self.greeting = greeting
+        self.stats = stats
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        context.writeAndFlush(self.wrapOutboundOut(ByteBuffer(string: self.greeting)), promise: nil)
+        context.close(mode: .output, promise: nil)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        self.digest.update(self.unwrapInboundIn(data))
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case ChannelEvent.inputClosed = event {
+            self.record()
+            context.close(promise: nil)
+        }
+    }
+
+    /// With its output already shut, NIO may end the channel at the peer's FIN without an
+    /// `inputClosed` first; an error ends it too, and then nothing is recorded.
+    func channelInactive(context: ChannelHandlerContext) {
+        self.record()
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        self.recorded = true
+        context.close(promise: nil)
+    }
+
+    private func record() {
+        guard !self.recorded else { return }
+        self.recorded = true
+        let hex = self.digest.hex()
+        self.stats.sourceDigests.withLock { $0.append(hex) }
+    }
 }
