@@ -37,8 +37,12 @@ public final class ControlChannelLoop: Sendable {
     public static let outboxLimit = 1024
 
     /// The heartbeat is checked this often per heartbeat interval, so a dead peer is noticed
-    /// within a quarter interval of its timeout.
+    /// within a quarter interval of its timeout...
     public static let ticksPerInterval = 4.0
+    /// ...but at least this often (seconds), whatever the interval...
+    public static let longestTick = 1.0
+    /// ...and at most this often (seconds), however short the interval.
+    public static let shortestTick = 0.01
 
     /// The connection this loop serves.
     public let channel: any Channel
@@ -57,7 +61,7 @@ public final class ControlChannelLoop: Sendable {
         self.channel = channel
         self.peer = peer
         self.heartbeatTimeout = heartbeatTimeout
-        self.tick = .seconds(max(0.01, min(1, heartbeatInterval / Self.ticksPerInterval)))
+        self.tick = .seconds(max(Self.shortestTick, min(Self.longestTick, heartbeatInterval / Self.ticksPerInterval)))
         self.heartbeat = Mutex(
             Heartbeat(interval: .seconds(heartbeatInterval), timeout: .seconds(heartbeatTimeout), now: .now)
         )
@@ -135,7 +139,7 @@ public final class ControlChannelLoop: Sendable {
         } catch is CancellationError {
             self.noteClose("shutting down")
         } catch {
-            self.noteClose("read error: \(error)")
+            self.noteClose("read error: \(Network.describe(error))")
         }
     }
 
