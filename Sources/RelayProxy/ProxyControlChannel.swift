@@ -9,9 +9,7 @@ import Synchronization
 /// out what that decides.
 final class ProxyControlChannel: ControlChannelHandler {
     private let state: ProxyState
-    private let config: ProxyConfig
     private let logger: Logger
-    private let channel: any Channel
     private let remote: String
     private let deadline: Deadline
     private let loop: ControlChannelLoop
@@ -22,11 +20,9 @@ final class ProxyControlChannel: ControlChannelHandler {
     init(state: ProxyState, logger: Logger, channel: any Channel, remote: String, deadline: Deadline) {
         let config = state.config
         self.state = state
-        self.config = config
         var logger = logger
         logger[metadataKey: "remote"] = "\(remote)"
         self.logger = logger
-        self.channel = channel
         self.remote = remote
         self.deadline = deadline
         self.loop = ControlChannelLoop(
