@@ -32,16 +32,19 @@ struct SessionRunner {
         logger.info(
             "session open",
             metadata: ["service": "\(service.name)", "client": "\(connect.client)", "target": "\(service.target)"])
+        // S8: the relay is told why, and closes the client at once.
+        func refuse(_ code: ErrorCode, _ reason: String) {
+            control.refuse(session: connect.session, code: code, message: reason)
+            session.telemetry.sessionRefused(reason: code.rawValue)
+            logger.warning("session refused: \(reason)")
+        }
 
         // S9: the target first, so that a target that is down is refused with its reason.
         let target: TCPConnection
         do {
             target = try await Network.dial(service.target, timeout: timeout, group: self.group)
         } catch {
-            let reason = "cannot connect to \(service.target): \(Network.describe(error))"
-            control.refuse(session: connect.session, code: .targetUnreachable, message: reason)
-            session.telemetry.sessionRefused(reason: "target_unreachable")
-            logger.warning("session refused: \(reason)")
+            refuse(.targetUnreachable, "cannot connect to \(service.target): \(Network.describe(error))")
             return
         }
         session.adopt(target.channel)
@@ -56,11 +59,8 @@ struct SessionRunner {
                 do {
                     data = try await Network.dial(config.relay, timeout: timeout, group: self.group)
                 } catch {
-                    // Said on the control channel, so the relay closes the client now rather than at its attach timeout.
-                    let reason = "cannot open a data channel to \(config.relay): \(Network.describe(error))"
-                    control.refuse(session: connect.session, code: .dataChannelFailed, message: reason)
-                    session.telemetry.sessionRefused(reason: "data_channel_failed")
-                    logger.warning("session refused: \(reason)")
+                    refuse(
+                        .dataChannelFailed, "cannot open a data channel to \(config.relay): \(Network.describe(error))")
                     return nil
                 }
                 session.adopt(data.channel)
