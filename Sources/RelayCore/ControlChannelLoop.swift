@@ -25,7 +25,7 @@ public protocol ControlChannelHandler: Sendable {
 /// heartbeat ticker. ``run(_:reader:outbound:)`` runs all three until the reader stops.
 public final class ControlChannelLoop: Sendable {
     /// What the writer task takes from the outbox.
-    public enum Outgoing: Sendable {
+    private enum Outgoing: Sendable {
         case message(ControlMessage)
         case close
     }
@@ -45,7 +45,7 @@ public final class ControlChannelLoop: Sendable {
     public static let shortestTick = 0.01
 
     /// The connection this loop serves.
-    public let channel: any Channel
+    private let channel: any Channel
     /// The peer, as close reasons name it ("agent", "relay").
     private let peer: String
     private let heartbeatTimeout: Double

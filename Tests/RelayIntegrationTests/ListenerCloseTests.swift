@@ -23,11 +23,12 @@ struct ListenerCloseTests {
             ) { relay in
                 let proxy = try await relay.startProxy()
                 let port = relay.servicePort("web")
-                _ = try await Self.flood(port: port) { connected in
+                let connected = try await Self.flood(port: port) { connected in
                     if connected == Self.connectionsBeforeTheSignal { proxy.signal(SIGTERM) }
                 } until: {
                     !proxy.isRunning
                 }
+                #expect(connected >= Self.connectionsBeforeTheSignal, "the flood never got going")
                 let exit = try await proxy.waitForExit()
                 #expect(
                     exit == 0,
@@ -51,12 +52,15 @@ struct ListenerCloseTests {
                 try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as! [String: Any]
             config["services"] = (config["services"] as! [[String: Any]]).filter { $0["name"] as? String == "kept" }
             _ = try relay.write(config, to: "proxy.json")
-            _ = try await Self.flood(port: relay.servicePort("gone")) { connected in
+            let connected = try await Self.flood(port: relay.servicePort("gone")) { connected in
                 if connected == Self.connectionsBeforeTheSignal { proxy.signal(SIGHUP) }
             } until: {
                 !proxy.lines(containing: "service 'gone' removed").isEmpty || !proxy.isRunning
             }
+            #expect(connected >= Self.connectionsBeforeTheSignal, "the flood never got going")
             #expect(proxy.isRunning, "log:\n\(proxy.log.suffix(5).joined(separator: "\n"))")
+            // The reload did happen, during the flood: otherwise this test shows nothing.
+            try await proxy.waitForLine(containing: "config reloaded", "service 'gone' removed")
             #expect(try await TestClient.exchange(port: relay.servicePort("kept"), request: [1, 2, 3]) == [1, 2, 3])
         }
     }
