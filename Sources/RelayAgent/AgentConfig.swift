@@ -42,12 +42,16 @@ public struct AgentConfig: Sendable {
     public var drainTimeout: Double
     /// Where to serve Prometheus metrics over HTTP at `/metrics` (`metrics`, default: not served).
     public var metrics: HostPort? = nil
+    /// TCP keepalive and user timeout on every connection (`tcpKeepaliveSeconds`,
+    /// `tcpUserTimeoutSeconds`).
+    public var tcp = TCPTuning()
 
-    static let topLevelKeys: Set<String> = [
+    static let topLevelKeys: Set<String> = Set([
         "relay", "id", "secret", "secretFile", "control", "services", "heartbeatIntervalSeconds",
         "heartbeatTimeoutSeconds", "connectTimeoutSeconds", "reconnectInitialDelaySeconds",
         "reconnectMaxDelaySeconds", "drainTimeoutSeconds", "metrics",
-    ]
+    ])
+    .union(ConfigReader.tcpTuningKeys)
 
     /// Reads and validates the file at `path`; the error lists every problem with its JSON path.
     public static func load(path: String) throws(ConfigError) -> AgentConfig {
@@ -98,6 +102,7 @@ public struct AgentConfig: Sendable {
         }
         let drain = reader.seconds(root, "drainTimeoutSeconds", at: "$", default: 30, range: 0...86400)
         let metrics = root["metrics"] == nil ? nil : reader.address(root, "metrics", at: "$")
+        let tcp = reader.tcpTuning(root)
 
         guard let relay, let id, let secret, reader.problems.isEmpty else { return nil }
         return AgentConfig(
@@ -112,7 +117,8 @@ public struct AgentConfig: Sendable {
             reconnectInitialDelay: initial,
             reconnectMaxDelay: maximum,
             drainTimeout: drain,
-            metrics: metrics
+            metrics: metrics,
+            tcp: tcp
         )
     }
 

@@ -24,6 +24,8 @@ final class AgentControlChannel: ControlChannelHandler {
     private let onRegistered: @Sendable () -> Void
     private let machine: Mutex<AgentControlStateMachine>
     private let registered = Mutex(false)
+    /// This end's address, for the log (a firewall rule or a packet trace can name the channel).
+    private let local: String
     private let roundTripStore = Mutex<Duration?>(nil)
 
     init(
@@ -37,6 +39,7 @@ final class AgentControlChannel: ControlChannelHandler {
         self.logger = logger
         self.onConnect = onConnect
         self.onRegistered = onRegistered
+        self.local = channel.localAddress?.displayString ?? "?"
         self.deadline = Deadline(on: channel.eventLoop, after: .fromSeconds(config.connectTimeout)) { [channel] in
             channel.close(promise: nil)
         }
@@ -114,7 +117,9 @@ final class AgentControlChannel: ControlChannelHandler {
                         metadata: ["service": "\(item.service)", "code": "\(item.code.rawValue)"]
                     )
                 }
-                self.logger.info("registered with relay", metadata: ["services": "\(accepted.joined(separator: ","))"])
+                self.logger.info(
+                    "registered with relay",
+                    metadata: ["services": "\(accepted.joined(separator: ","))", "local": "\(self.local)"])
                 self.onRegistered()
             case .connectRequested(let connect):
                 self.onConnect(connect, self)

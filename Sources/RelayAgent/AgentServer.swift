@@ -24,6 +24,8 @@ public final class AgentServer: Service, Sendable {
     private let hooks: DaemonHooks
     /// Set by a reload that needs a fresh control channel: reconnect without a backoff delay.
     private let reconnectNow = Mutex(false)
+    /// Ends a backoff wait early when a reload changed what the agent dials with.
+    private let wakeups = Wakeup()
     private let reloads = ReloadCoordinator(daemon: "relay-agent")
     /// When the config in force was loaded.
     let loadedAt = Mutex(Date())
@@ -88,19 +90,28 @@ public final class AgentServer: Service, Sendable {
     }
 
     /// Keeps a control channel to the relay until shutdown (S1–S4, again after every loss).
+    /// Every attempt dials with the config in force at that moment, so a reload that changes
+    /// the relay, the id, the secret, the services or the heartbeats applies at the next
+    /// connection; a reload during a backoff wait ends the wait.
     private func connectLoop() async {
-        let config = self.state.config
-        var backoff = Backoff(
-            initial: .seconds(config.reconnectInitialDelay), maximum: .seconds(config.reconnectMaxDelay))
+        var config = self.state.config
+        var backoff = Self.backoff(for: config)
         var attempt = 0
         while !self.state.isShuttingDown {
+            let current = self.state.config
+            if (current.reconnectInitialDelay, current.reconnectMaxDelay)
+                != (config.reconnectInitialDelay, config.reconnectMaxDelay)
+            {
+                backoff = Self.backoff(for: current)
+            }
+            config = current
             attempt += 1
             self.state.connection = .connecting(attempt: attempt)
             let started = ContinuousClock.now
             let reason: String
             do {
                 let connection = try await Network.dial(
-                    config.relay, timeout: .fromSeconds(config.connectTimeout), group: self.group)
+                    config.relay, timeout: .fromSeconds(config.connectTimeout), group: self.group, tuning: config.tcp)
                 guard self.state.setControlChannel(connection.channel) else {
                     // Shutting down: close it the only way an NIOAsyncChannel may be dropped.
                     try? await connection.executeThenClose { _, _ in }
@@ -140,10 +151,20 @@ public final class AgentServer: Service, Sendable {
             self.state.connection = .waiting(until: Date() + delay.inSeconds, lastError: reason)
             self.logger.warning(
                 "relay connection lost: \(reason)",
-                metadata: ["retryInSeconds": "\(String(format: "%.1f", delay.inSeconds))"]
+                metadata: ["retryInSeconds": "\(String(format: "%.3f", delay.inSeconds))"]
             )
-            guard (try? await Task.sleep(for: delay)) != nil else { break }
+            switch await self.wakeups.sleep(for: delay) {
+            case .cancelled: return
+            case .elapsed: break
+            case .woken:
+                self.reconnectNow.withLock { $0 = false }
+                self.logger.info("reconnecting now with the reloaded config")
+            }
         }
+    }
+
+    private static func backoff(for config: AgentConfig) -> Backoff {
+        Backoff(initial: .seconds(config.reconnectInitialDelay), maximum: .seconds(config.reconnectMaxDelay))
     }
 
     /// Waits for graceful shutdown (SIGTERM), then closes the control channel and gives
@@ -229,12 +250,20 @@ public final class AgentServer: Service, Sendable {
         {
             changes.append("timeouts updated")
         }
+        if new.tcp != old.tcp {
+            changes.append("TCP keepalive and user timeout updated (new connections)")
+        }
         self.state.config = new
-        if reconnect, let channel = self.state.controlChannel {
+        if reconnect {
             // A fresh control channel registers the new identity and services; sessions go on.
             self.reconnectNow.withLock { $0 = true }
-            channel.close(promise: nil)
-            changes.append("control channel reconnecting")
+            if let channel = self.state.controlChannel {
+                channel.close(promise: nil)
+                changes.append("control channel reconnecting")
+            } else {
+                self.wakeups.wake()
+                changes.append("reconnecting now")
+            }
         }
         return ReloadOutcome(applied: true, changes: changes)
     }

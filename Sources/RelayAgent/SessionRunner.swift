@@ -42,7 +42,7 @@ struct SessionRunner {
         // S9: the target first, so that a target that is down is refused with its reason.
         let target: TCPConnection
         do {
-            target = try await Network.dial(service.target, timeout: timeout, group: self.group)
+            target = try await Network.dial(service.target, timeout: timeout, group: self.group, tuning: config.tcp)
         } catch {
             refuse(.targetUnreachable, "cannot connect to \(service.target): \(Network.describe(error))")
             return
@@ -57,7 +57,8 @@ struct SessionRunner {
                 // S10: a fresh data channel to the relay, attached to this session.
                 let data: TCPConnection
                 do {
-                    data = try await Network.dial(config.relay, timeout: timeout, group: self.group)
+                    data = try await Network.dial(
+                        config.relay, timeout: timeout, group: self.group, tuning: config.tcp)
                 } catch {
                     refuse(
                         .dataChannelFailed, "cannot open a data channel to \(config.relay): \(Network.describe(error))")

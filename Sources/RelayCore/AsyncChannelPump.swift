@@ -46,7 +46,17 @@ public struct AsyncChannelPump: SessionPump {
             }
             meter.add(chunk.readableBytes, forward: forward)
         }
-        // End of stream: pass the FIN on as a shutdown of the destination's write side.
+        // End of stream: pass the FIN on as a shutdown of the destination's write side, but
+        // only once every byte queued for it has reached its socket. NIO turns a write
+        // shutdown into a full close when the channel's input is already closed (its peer
+        // half-closed first), and a full close fails the writes still queued: the tail of
+        // the stream would be lost behind a clean-looking FIN. Writes complete in order,
+        // so an empty write that completes is the barrier.
+        do {
+            try await destination.channel.writeAndFlush(ByteBuffer())
+        } catch {
+            return .failed(endpoint: destinationSide, reason: Self.describe(error))
+        }
         destination.writer.finish()
         meter.finish(forward: forward)
         return .finished

@@ -47,9 +47,18 @@ public struct HostPort: Sendable, Hashable, CustomStringConvertible {
         self.host.contains(":") ? "[\(self.host)]:\(self.port)" : "\(self.host):\(self.port)"
     }
 
-    /// Resolves the host (for a listener: a literal or a name such as `localhost`).
+    /// Whether the host is `localhost` or a name under it, which is always the loopback
+    /// address (RFC 6761), also where `/etc/hosts` lacks it.
+    public var isLocalhost: Bool {
+        let host = self.host.lowercased()
+        return host == "localhost" || host.hasSuffix(".localhost")
+    }
+
+    /// Resolves the host (for a listener: a literal or a name); `localhost` is 127.0.0.1
+    /// without asking the resolver.
     public func resolve() throws -> SocketAddress {
-        try SocketAddress.makeAddressResolvingHost(self.host, port: self.port)
+        if self.isLocalhost { return try SocketAddress(ipAddress: "127.0.0.1", port: self.port) }
+        return try SocketAddress.makeAddressResolvingHost(self.host, port: self.port)
     }
 }
 

@@ -55,31 +55,59 @@ public enum Network {
         outboundType: ByteBuffer.self
     )
 
-    /// Binds a TCP listener on `address`.
-    public static func listen(on address: SocketAddress, group: any EventLoopGroup) async throws -> TCPListener {
+    /// Binds a TCP listener on `address`; every accepted connection gets the `tuning` in
+    /// force when it arrives (a reload changes it for new connections).
+    public static func listen(
+        on address: SocketAddress,
+        group: any EventLoopGroup,
+        tuning: @escaping @Sendable () -> TCPTuning = { TCPTuning() }
+    ) async throws -> TCPListener {
         try await self.serverBootstrap(group: group).bind(to: address) { channel in
-            self.wrapAccepted(channel)
+            self.wrapAccepted(channel, tuning: tuning())
         }
     }
 
     /// Adopts a listening socket that was handed to us (systemd socket activation).
-    public static func listen(adopting descriptor: CInt, group: any EventLoopGroup) async throws -> TCPListener {
+    public static func listen(
+        adopting descriptor: CInt,
+        group: any EventLoopGroup,
+        tuning: @escaping @Sendable () -> TCPTuning = { TCPTuning() }
+    ) async throws -> TCPListener {
         try await self.serverBootstrap(group: group).bind(descriptor, cleanupExistingSocketFile: false) { channel in
-            self.wrapAccepted(channel)
+            self.wrapAccepted(channel, tuning: tuning())
         }
     }
 
-    /// Connects to `address` (a host name is resolved now), failing after `timeout`.
-    public static func dial(_ address: HostPort, timeout: TimeAmount, group: any EventLoopGroup) async throws
-        -> TCPConnection
-    {
-        try await ClientBootstrap(group: group)
+    /// Connects to `address`, failing after `timeout`. A host name is resolved now, except
+    /// `localhost` (and `*.localhost`), which is the loopback address whatever `/etc/hosts`
+    /// says or lacks (RFC 6761): 127.0.0.1 first, then ::1.
+    public static func dial(
+        _ address: HostPort,
+        timeout: TimeAmount,
+        group: any EventLoopGroup,
+        tuning: TCPTuning = TCPTuning()
+    ) async throws -> TCPConnection {
+        let bootstrap = ClientBootstrap(group: group)
             .connectTimeout(timeout)
             .channelOption(.allowRemoteHalfClosure, value: true)
             .channelOption(.tcpOption(.tcp_nodelay), value: 1)
-            .connect(host: address.host, port: address.port) { channel in
-                self.wrap(channel)
+        guard address.isLocalhost else {
+            return try await bootstrap.connect(host: address.host, port: address.port) { channel in
+                self.wrap(channel, tuning: tuning)
             }
+        }
+        var firstError: (any Error)?
+        for loopback in ["127.0.0.1", "::1"] {
+            do {
+                let socketAddress = try SocketAddress(ipAddress: loopback, port: address.port)
+                return try await bootstrap.connect(to: socketAddress) { channel in
+                    self.wrap(channel, tuning: tuning)
+                }
+            } catch {
+                firstError = firstError ?? error
+            }
+        }
+        throw firstError!
     }
 
     /// A network error in a few lowercase words ("connection refused", "timed out").
@@ -101,20 +129,24 @@ public enum Network {
             .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
     }
 
-    private static func wrap(_ channel: any Channel) -> EventLoopFuture<TCPConnection> {
+    private static func wrap(_ channel: any Channel, tuning: TCPTuning) -> EventLoopFuture<TCPConnection> {
         channel.eventLoop.makeCompletedFuture {
-            try TCPConnection(wrappingChannelSynchronously: channel, configuration: self.connectionConfiguration)
+            try tuning.apply(to: channel)
+            return try TCPConnection(wrappingChannelSynchronously: channel, configuration: self.connectionConfiguration)
         }
     }
 
     /// An accepted child, wrapped as soon as it exists (so no read is missed) and owned
-    /// until a handler takes it.
+    /// until a handler takes it; a TCP child gets `tuning`.
     static func wrapAccepted(
         _ channel: any Channel,
+        tuning: TCPTuning? = nil,
         configuration: TCPConnection.Configuration = Network.connectionConfiguration
     ) -> EventLoopFuture<AcceptedConnection> {
         channel.eventLoop.makeCompletedFuture {
-            AcceptedConnection(try TCPConnection(wrappingChannelSynchronously: channel, configuration: configuration))
+            try tuning?.apply(to: channel)
+            return AcceptedConnection(
+                try TCPConnection(wrappingChannelSynchronously: channel, configuration: configuration))
         }
     }
 }

@@ -19,7 +19,9 @@ public enum PumpOutcome: Sendable, Equatable {
 /// The contract every implementation keeps:
 /// - backpressure: a slow reader stalls its writer; no buffer grows without bound;
 /// - half-close: end of stream on one side becomes a shutdown of writes on the other, and
-///   the run ends when both directions have ended;
+///   the run ends when both directions have ended; every byte read from one side has been
+///   handed to the other side's socket before that side's write shutdown, so no tail is
+///   lost behind a clean FIN;
 /// - an error or reset on either side closes both connections at once, abortively
 ///   (`Channel.abort()`), so each peer sees a reset and the next hop tears down too;
 /// - the meter is kept current while bytes move.

@@ -48,12 +48,16 @@ public struct ProxyConfig: Sendable {
     public var drainTimeout: Double
     /// Where to serve Prometheus metrics over HTTP at `/metrics` (`metrics`, default: not served).
     public var metrics: HostPort? = nil
+    /// TCP keepalive and user timeout on every connection (`tcpKeepaliveSeconds`,
+    /// `tcpUserTimeoutSeconds`).
+    public var tcp = TCPTuning()
 
     /// The keys allowed at the top level.
-    static let topLevelKeys: Set<String> = [
+    static let topLevelKeys: Set<String> = Set([
         "listen", "control", "agents", "services", "heartbeatIntervalSeconds", "heartbeatTimeoutSeconds",
         "handshakeTimeoutSeconds", "attachTimeoutSeconds", "drainTimeoutSeconds", "metrics",
-    ]
+    ])
+    .union(ConfigReader.tcpTuningKeys)
 
     /// Reads and validates the file at `path`; the error lists every problem with its JSON path.
     public static func load(path: String) throws(ConfigError) -> ProxyConfig {
@@ -121,6 +125,7 @@ public struct ProxyConfig: Sendable {
         let attach = reader.seconds(root, "attachTimeoutSeconds", at: "$", default: 10, range: 0.05...600)
         let drain = reader.seconds(root, "drainTimeoutSeconds", at: "$", default: 30, range: 0...86400)
         let metrics = root["metrics"] == nil ? nil : reader.address(root, "metrics", at: "$")
+        let tcp = reader.tcpTuning(root)
 
         guard let listen, reader.problems.isEmpty else { return nil }
         return ProxyConfig(
@@ -133,7 +138,8 @@ public struct ProxyConfig: Sendable {
             handshakeTimeout: handshake,
             attachTimeout: attach,
             drainTimeout: drain,
-            metrics: metrics
+            metrics: metrics,
+            tcp: tcp
         )
     }
 

@@ -149,7 +149,8 @@ public final class ProxyServer: Service, Sendable {
         var bound: [(String, TCPListener)] = []
         for (name, address) in wanted {
             do {
-                bound.append((name, try await Network.listen(on: try address.resolve(), group: self.group)))
+                bound.append(
+                    (name, try await Network.listen(on: try address.resolve(), group: self.group, tuning: self.tuning)))
             } catch {
                 for (_, listener) in bound { listener.channel.close(promise: nil) }
                 let path = name == Self.agentPortName ? "$.listen" : "service '\(name)'"
@@ -249,7 +250,8 @@ public final class ProxyServer: Service, Sendable {
     private func startListener(_ name: String, address: HostPort, what: String) async throws {
         guard let descriptors = self.adopted[name] else {
             do {
-                self.register(name, try await Network.listen(on: try address.resolve(), group: self.group))
+                self.register(
+                    name, try await Network.listen(on: try address.resolve(), group: self.group, tuning: self.tuning))
             } catch {
                 throw StartError(description: "cannot listen on \(address) for the \(what): \(Network.describe(error))")
             }
@@ -257,7 +259,8 @@ public final class ProxyServer: Service, Sendable {
         }
         for descriptor in descriptors {
             do {
-                self.register(name, try await Network.listen(adopting: descriptor, group: self.group))
+                self.register(
+                    name, try await Network.listen(adopting: descriptor, group: self.group, tuning: self.tuning))
             } catch {
                 throw StartError(
                     description:
@@ -265,6 +268,11 @@ public final class ProxyServer: Service, Sendable {
                 )
             }
         }
+    }
+
+    /// The TCP tuning in force, for each connection as it is accepted.
+    private var tuning: @Sendable () -> TCPTuning {
+        { [state] in state.config.tcp }
     }
 
     private func register(_ name: String, _ listener: TCPListener) {
