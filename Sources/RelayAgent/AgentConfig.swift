@@ -45,13 +45,18 @@ public struct AgentConfig: Sendable {
     /// TCP keepalive and user timeout on every connection (`tcpKeepaliveSeconds`,
     /// `tcpUserTimeoutSeconds`).
     public var tcp = TCPTuning()
+    /// How long a half-closed session may stay idle (`halfCloseTimeoutSeconds`, default 120; 0: no limit).
+    public var halfCloseTimeout = PumpLimits.defaultHalfCloseTimeout
+
+    /// The limits a session opened now runs with.
+    public var pumpLimits: PumpLimits { PumpLimits(halfCloseTimeoutSeconds: self.halfCloseTimeout) }
 
     static let topLevelKeys: Set<String> = Set([
         "relay", "id", "secret", "secretFile", "control", "services", "heartbeatIntervalSeconds",
         "heartbeatTimeoutSeconds", "connectTimeoutSeconds", "reconnectInitialDelaySeconds",
         "reconnectMaxDelaySeconds", "drainTimeoutSeconds", "metrics",
     ])
-    .union(ConfigReader.tcpTuningKeys)
+    .union(ConfigReader.tcpTuningKeys).union(["halfCloseTimeoutSeconds"])
 
     /// Reads and validates the file at `path`; the error lists every problem with its JSON path.
     public static func load(path: String) throws(ConfigError) -> AgentConfig {
@@ -103,6 +108,8 @@ public struct AgentConfig: Sendable {
         let drain = reader.seconds(root, "drainTimeoutSeconds", at: "$", default: 30, range: 0...86400)
         let metrics = root["metrics"] == nil ? nil : reader.address(root, "metrics", at: "$")
         let tcp = reader.tcpTuning(root)
+        let halfClose = reader.seconds(
+            root, "halfCloseTimeoutSeconds", at: "$", default: PumpLimits.defaultHalfCloseTimeout, range: 0...86400)
 
         guard let relay, let id, let secret, reader.problems.isEmpty else { return nil }
         return AgentConfig(
@@ -118,7 +125,8 @@ public struct AgentConfig: Sendable {
             reconnectMaxDelay: maximum,
             drainTimeout: drain,
             metrics: metrics,
-            tcp: tcp
+            tcp: tcp,
+            halfCloseTimeout: halfClose
         )
     }
 

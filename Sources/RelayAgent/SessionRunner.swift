@@ -81,7 +81,8 @@ struct SessionRunner {
                     let relaySide = PumpEndpoint(channel: data.channel, reader: reader, writer: dataOut)
                     let targetSide = PumpEndpoint(
                         channel: target.channel, reader: InboundReader(targetIn), writer: targetOut)
-                    return await self.pump.run(relaySide, targetSide, meter: session.meter)
+                    return await self.pump.run(
+                        relaySide, targetSide, meter: session.meter, limits: config.pumpLimits)
                 }
             }
         } catch {

@@ -1,3 +1,4 @@
+import Foundation
 import NIOCore
 
 /// The portable pump: one task per direction over `NIOAsyncChannel` streams, so the two
@@ -7,20 +8,57 @@ public struct AsyncChannelPump: SessionPump {
     /// Creates the pump.
     public init() {}
 
-    public func run(_ first: PumpEndpoint, _ second: PumpEndpoint, meter: TrafficMeter) async -> PumpOutcome {
-        await withTaskGroup(of: PumpOutcome.self) { group in
+    public func run(
+        _ first: PumpEndpoint,
+        _ second: PumpEndpoint,
+        meter: TrafficMeter,
+        limits: PumpLimits
+    ) async -> PumpOutcome {
+        await withTaskGroup(of: PumpOutcome?.self) { group in
             group.addTask { await Self.copy(from: first, to: second, forward: true, meter: meter) }
             group.addTask { await Self.copy(from: second, to: first, forward: false, meter: meter) }
+            if let timeout = limits.halfCloseTimeout {
+                group.addTask { await Self.watchHalfClose(meter, timeout: timeout) }
+            }
             var outcome = PumpOutcome.finished
-            for await result in group where result != .finished && outcome == .finished {
-                outcome = result
-                // Tear the whole session down: the other direction's read or write fails at
-                // once, and both peers see a reset (a FIN would leave the next hop half-open).
-                first.channel.abort()
-                second.channel.abort()
+            var directionsDone = 0
+            for await result in group {
+                if let result, result != .finished, outcome == .finished {
+                    outcome = result
+                    // Tear the whole session down: the other direction's read or write fails at
+                    // once, and both peers see a reset (a FIN would leave the next hop half-open).
+                    first.channel.abort()
+                    second.channel.abort()
+                }
+                if result != nil { directionsDone += 1 }
+                if directionsDone == 2 { group.cancelAll() }
             }
             return outcome
         }
+    }
+
+    /// Returns a failure once one direction has ended and no byte has moved either way for
+    /// `timeout`; nil when cancelled (both directions ended first).
+    private static func watchHalfClose(_ meter: TrafficMeter, timeout: Duration) async -> PumpOutcome? {
+        let tick = min(PumpLimits.longestHalfCloseTick, timeout / 4)
+        var moved = meter.forward + meter.backward
+        var since = ContinuousClock.now
+        while (try? await Task.sleep(for: tick)) != nil {
+            let now = ContinuousClock.now
+            let total = meter.forward + meter.backward
+            let halfClosed = meter.forwardFinished != meter.backwardFinished
+            if total != moved || !halfClosed {
+                moved = total
+                since = now
+                continue
+            }
+            if now - since >= timeout {
+                let idle: PumpOutcome.Endpoint = meter.forwardFinished ? .second : .first
+                let seconds = String(format: "%g", timeout.inSeconds)
+                return .failed(endpoint: idle, reason: "half-closed and idle for \(seconds)s")
+            }
+        }
+        return nil
     }
 
     private static func copy(

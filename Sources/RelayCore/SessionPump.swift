@@ -27,5 +27,24 @@ public enum PumpOutcome: Sendable, Equatable {
 /// - the meter is kept current while bytes move.
 public protocol SessionPump: Sendable {
     /// Runs until both directions are done or one side fails. Never throws: the outcome says how it ended.
-    func run(_ first: PumpEndpoint, _ second: PumpEndpoint, meter: TrafficMeter) async -> PumpOutcome
+    func run(_ first: PumpEndpoint, _ second: PumpEndpoint, meter: TrafficMeter, limits: PumpLimits) async
+        -> PumpOutcome
+}
+
+/// The time limits of one pump run, from the config in force when the session opened.
+public struct PumpLimits: Sendable, Equatable {
+    /// Default `halfCloseTimeoutSeconds`.
+    public static let defaultHalfCloseTimeout = 120.0
+    /// The half-close watch looks at the meter at least this often.
+    static let longestHalfCloseTick = Duration.seconds(1)
+
+    /// Once one direction has ended (one side sent its FIN), the session is reset when no
+    /// byte moves either way for this long: a peer that never answers and never closes
+    /// after a half-close cannot hold a session forever. Nil: no limit.
+    public var halfCloseTimeout: Duration?
+
+    /// Limits with the given half-close timeout in seconds (0: no limit).
+    public init(halfCloseTimeoutSeconds: Double = Self.defaultHalfCloseTimeout) {
+        self.halfCloseTimeout = halfCloseTimeoutSeconds > 0 ? .milliseconds(Int64(halfCloseTimeoutSeconds * 1000)) : nil
+    }
 }

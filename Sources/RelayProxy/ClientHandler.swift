@@ -60,7 +60,8 @@ struct ClientHandler {
 
                 // S11–S20: join client and data channel; the client's early bytes wait in its socket until now.
                 let clientEnd = PumpEndpoint(channel: channel, reader: InboundReader(inbound), writer: outbound)
-                let outcome = await self.pump.run(clientEnd, data.endpoint, meter: session.meter)
+                let outcome = await self.pump.run(
+                    clientEnd, data.endpoint, meter: session.meter, limits: self.state.config.pumpLimits)
                 let reason: String
                 if let termination = session.termination {
                     reason = termination.description

@@ -51,13 +51,18 @@ public struct ProxyConfig: Sendable {
     /// TCP keepalive and user timeout on every connection (`tcpKeepaliveSeconds`,
     /// `tcpUserTimeoutSeconds`).
     public var tcp = TCPTuning()
+    /// How long a half-closed session may stay idle (`halfCloseTimeoutSeconds`, default 120; 0: no limit).
+    public var halfCloseTimeout = PumpLimits.defaultHalfCloseTimeout
+
+    /// The limits a session opened now runs with.
+    public var pumpLimits: PumpLimits { PumpLimits(halfCloseTimeoutSeconds: self.halfCloseTimeout) }
 
     /// The keys allowed at the top level.
     static let topLevelKeys: Set<String> = Set([
         "listen", "control", "agents", "services", "heartbeatIntervalSeconds", "heartbeatTimeoutSeconds",
         "handshakeTimeoutSeconds", "attachTimeoutSeconds", "drainTimeoutSeconds", "metrics",
     ])
-    .union(ConfigReader.tcpTuningKeys)
+    .union(ConfigReader.tcpTuningKeys).union(["halfCloseTimeoutSeconds"])
 
     /// Reads and validates the file at `path`; the error lists every problem with its JSON path.
     public static func load(path: String) throws(ConfigError) -> ProxyConfig {
@@ -126,6 +131,8 @@ public struct ProxyConfig: Sendable {
         let drain = reader.seconds(root, "drainTimeoutSeconds", at: "$", default: 30, range: 0...86400)
         let metrics = root["metrics"] == nil ? nil : reader.address(root, "metrics", at: "$")
         let tcp = reader.tcpTuning(root)
+        let halfClose = reader.seconds(
+            root, "halfCloseTimeoutSeconds", at: "$", default: PumpLimits.defaultHalfCloseTimeout, range: 0...86400)
 
         guard let listen, reader.problems.isEmpty else { return nil }
         return ProxyConfig(
@@ -139,7 +146,8 @@ public struct ProxyConfig: Sendable {
             attachTimeout: attach,
             drainTimeout: drain,
             metrics: metrics,
-            tcp: tcp
+            tcp: tcp,
+            halfCloseTimeout: halfClose
         )
     }
 
