@@ -48,6 +48,9 @@ public struct AgentConfig: Sendable {
     /// How long a half-closed session may stay idle (`halfCloseTimeoutSeconds`, default 120; 0: no limit).
     public var halfCloseTimeout = PumpLimits.defaultHalfCloseTimeout
 
+    /// What a reload does with the live sessions of a removed service (`removedServiceSessions`).
+    public var removedServiceSessions = RemovedServiceRule.drain
+
     /// The limits a session opened now runs with.
     public var pumpLimits: PumpLimits { PumpLimits(halfCloseTimeoutSeconds: self.halfCloseTimeout) }
 
@@ -56,7 +59,7 @@ public struct AgentConfig: Sendable {
         "heartbeatTimeoutSeconds", "connectTimeoutSeconds", "reconnectInitialDelaySeconds",
         "reconnectMaxDelaySeconds", "drainTimeoutSeconds", "metrics",
     ])
-    .union(ConfigReader.tcpTuningKeys).union(["halfCloseTimeoutSeconds"])
+    .union(ConfigReader.tcpTuningKeys).union(["halfCloseTimeoutSeconds", "removedServiceSessions"])
 
     /// Reads and validates the file at `path`; the error lists every problem with its JSON path.
     public static func load(path: String) throws(ConfigError) -> AgentConfig {
@@ -108,6 +111,7 @@ public struct AgentConfig: Sendable {
         let drain = reader.seconds(root, "drainTimeoutSeconds", at: "$", default: 30, range: 0...86400)
         let metrics = root["metrics"] == nil ? nil : reader.address(root, "metrics", at: "$")
         let tcp = reader.tcpTuning(root)
+        let removedRule = reader.removedServiceRule(root)
         let halfClose = reader.seconds(
             root, "halfCloseTimeoutSeconds", at: "$", default: PumpLimits.defaultHalfCloseTimeout, range: 0...86400)
 
@@ -126,7 +130,8 @@ public struct AgentConfig: Sendable {
             drainTimeout: drain,
             metrics: metrics,
             tcp: tcp,
-            halfCloseTimeout: halfClose
+            halfCloseTimeout: halfClose,
+            removedServiceSessions: removedRule
         )
     }
 

@@ -175,7 +175,7 @@ public struct AgentControlCommands: Sendable {
             service: session.service,
             client: session.client,
             startedAt: session.startedAt,
-            state: session.killed ? "closing" : data == nil ? "pending" : SessionReport.state(of: session.meter),
+            state: session.killed != nil ? "closing" : data == nil ? "pending" : SessionReport.state(of: session.meter),
             bytesIn: session.meter.forward,
             bytesOut: session.meter.backward
         )

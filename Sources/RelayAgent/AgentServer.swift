@@ -238,20 +238,40 @@ public final class AgentServer: Service, Sendable {
             }
         }
         for name in oldServices.keys.sorted() where newServices[name] == nil {
-            changes.append("service '\(name)' removed")
+            let live = self.state.sessions.filter { $0.service == name }
+            switch new.removedServiceSessions {
+            case .drain:
+                changes.append("service '\(name)' removed (\(live.count) live sessions drain)")
+            case .close:
+                for session in live { session.kill(reason: "service removed by a reload") }
+                changes.append("service '\(name)' removed (\(live.count) live sessions closed)")
+            }
             reconnect = true
         }
         if (new.heartbeatInterval, new.heartbeatTimeout) != (old.heartbeatInterval, old.heartbeatTimeout) {
-            changes.append("heartbeat settings updated")
+            changes.append(
+                "heartbeats every \(String(format: "%gs", new.heartbeatInterval)), timeout \(String(format: "%gs", new.heartbeatTimeout))"
+            )
             reconnect = true
         }
-        if (new.connectTimeout, new.reconnectInitialDelay, new.reconnectMaxDelay, new.drainTimeout)
-            != (old.connectTimeout, old.reconnectInitialDelay, old.reconnectMaxDelay, old.drainTimeout)
-        {
-            changes.append("timeouts updated")
+        let timeouts: [(String, Double, Double)] = [
+            ("connectTimeoutSeconds", old.connectTimeout, new.connectTimeout),
+            ("reconnectInitialDelaySeconds", old.reconnectInitialDelay, new.reconnectInitialDelay),
+            ("reconnectMaxDelaySeconds", old.reconnectMaxDelay, new.reconnectMaxDelay),
+            ("drainTimeoutSeconds", old.drainTimeout, new.drainTimeout),
+            ("halfCloseTimeoutSeconds", old.halfCloseTimeout, new.halfCloseTimeout),
+            ("tcpKeepaliveSeconds", old.tcp.keepalive, new.tcp.keepalive),
+            ("tcpUserTimeoutSeconds", old.tcp.userTimeout, new.tcp.userTimeout),
+        ]
+        for (key, before, after) in timeouts where before != after {
+            changes.append("\(key) \(String(format: "%gs", before)) -> \(String(format: "%gs", after))")
         }
-        if new.tcp != old.tcp {
-            changes.append("TCP keepalive and user timeout updated (new connections)")
+        if new.removedServiceSessions != old.removedServiceSessions {
+            changes.append("removedServiceSessions is now \(new.removedServiceSessions.rawValue)")
+        }
+        if new.metrics != old.metrics {
+            changes.append("metrics stays \(old.metrics.map { "\($0)" } ?? "off") until a restart")
+            new.metrics = old.metrics
         }
         self.state.config = new
         if reconnect {

@@ -16,7 +16,7 @@ final class AgentSession: Sendable {
     let telemetry: ServiceTelemetry
     private let channels = Mutex<[any Channel]>([])
     private let attachedStore = Mutex<(any Channel)?>(nil)
-    private let killedStore = Mutex(false)
+    private let killedStore = Mutex<String?>(nil)
 
     init(id: String, service: String, client: String, target: String, telemetry: ServiceTelemetry) {
         self.id = id
@@ -38,12 +38,12 @@ final class AgentSession: Sendable {
         self.attachedStore.withLock { $0 = dataChannel }
     }
 
-    /// Whether an operator killed the session.
-    var killed: Bool { self.killedStore.withLock { $0 } }
+    /// Why the session was ended from outside (an operator's kill, a reload), if it was.
+    var killed: String? { self.killedStore.withLock { $0 } }
 
-    /// Ends the session for an operator.
-    func kill() {
-        self.killedStore.withLock { $0 = true }
+    /// Ends the session from outside, for `reason` ("killed by operator").
+    func kill(reason: String = "killed by operator") {
+        self.killedStore.withLock { $0 = $0 ?? reason }
         self.terminate()
     }
 

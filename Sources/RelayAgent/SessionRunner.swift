@@ -90,13 +90,13 @@ struct SessionRunner {
             return
         }
         guard let outcome else { return }
-        let reason: String
-        switch outcome {
-        case _ where session.killed: reason = "killed by operator"
-        case .finished: reason = "closed by both ends"
-        case .failed(.first, let why): reason = "relay side: \(why)"
-        case .failed(.second, let why): reason = "target: \(why)"
-        }
+        let reason: String =
+            switch outcome {
+            case _ where session.killed != nil: session.killed ?? "killed"
+            case .finished: "closed by both ends"
+            case .failed(.first, let why): "relay side: \(why)"
+            case .failed(.second, let why): "target: \(why)"
+            }
         logger.sessionClosed(meter: session.meter, started: session.started, reason: reason)
     }
 

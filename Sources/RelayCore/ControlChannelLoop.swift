@@ -48,8 +48,8 @@ public final class ControlChannelLoop: Sendable {
     private let channel: any Channel
     /// The peer, as close reasons name it ("agent", "relay").
     private let peer: String
-    private let heartbeatTimeout: Double
-    private let tick: Duration
+    /// The heartbeat timeout in seconds and the tick, both changed by ``retune(heartbeatInterval:heartbeatTimeout:)``.
+    private let timing: Mutex<(timeout: Double, tick: Duration)>
     private let heartbeat: Mutex<Heartbeat>
     private let closeReason = Mutex<String?>(nil)
     private let outbox: AsyncStream<Outgoing>
@@ -60,13 +60,24 @@ public final class ControlChannelLoop: Sendable {
     public init(channel: any Channel, peer: String, heartbeatInterval: Double, heartbeatTimeout: Double) {
         self.channel = channel
         self.peer = peer
-        self.heartbeatTimeout = heartbeatTimeout
-        self.tick = .seconds(max(Self.shortestTick, min(Self.longestTick, heartbeatInterval / Self.ticksPerInterval)))
+        self.timing = Mutex((heartbeatTimeout, Self.tick(for: heartbeatInterval)))
         self.heartbeat = Mutex(
             Heartbeat(interval: .seconds(heartbeatInterval), timeout: .seconds(heartbeatTimeout), now: .now)
         )
         (self.outbox, self.outboxInput) = AsyncStream.makeStream(
             of: Outgoing.self, bufferingPolicy: .bufferingOldest(Self.outboxLimit))
+    }
+
+    private static func tick(for interval: Double) -> Duration {
+        .seconds(max(Self.shortestTick, min(Self.longestTick, interval / Self.ticksPerInterval)))
+    }
+
+    /// Applies reloaded heartbeat settings to the live channel.
+    public func retune(heartbeatInterval: Double, heartbeatTimeout: Double) {
+        self.timing.withLock { $0 = (heartbeatTimeout, Self.tick(for: heartbeatInterval)) }
+        self.heartbeat.withLock {
+            $0.retune(interval: .seconds(heartbeatInterval), timeout: .seconds(heartbeatTimeout), now: .now)
+        }
     }
 
     /// Queues a message for the writer; `false` if the outbox is full or the channel is done.
@@ -158,7 +169,7 @@ public final class ControlChannelLoop: Sendable {
 
     /// Heartbeats, once the handler starts them: ping on time, give up on a silent peer.
     private func beat(_ handler: some ControlChannelHandler) async {
-        while (try? await Task.sleep(for: self.tick)) != nil {
+        while (try? await Task.sleep(for: self.timing.withLock { $0.tick })) != nil {
             guard handler.heartbeatsStarted else { continue }
             switch self.heartbeat.withLock({ $0.tick(at: .now) }) {
             case .none:
@@ -166,8 +177,9 @@ public final class ControlChannelLoop: Sendable {
             case .sendPing(let seq):
                 self.send(.ping(.init(seq: seq)))
             case .expired:
-                self.noteClose("heartbeat timeout: \(self.peer) silent for over \(self.heartbeatTimeout)s")
-                handler.heartbeatExpired(after: self.heartbeatTimeout)
+                let timeout = self.timing.withLock { $0.timeout }
+                self.noteClose("heartbeat timeout: \(self.peer) silent for over \(timeout)s")
+                handler.heartbeatExpired(after: timeout)
                 return
             }
         }

@@ -12,9 +12,9 @@ public struct Heartbeat: Sendable {
     }
 
     /// How often a ping is sent.
-    public let interval: Duration
+    public private(set) var interval: Duration
     /// How long the peer may stay silent before it is declared dead.
-    public let timeout: Duration
+    public private(set) var timeout: Duration
     /// When the peer was last heard from.
     public private(set) var lastHeard: ContinuousClock.Instant
     /// The round trip of the last answered ping, if any.
@@ -29,6 +29,14 @@ public struct Heartbeat: Sendable {
         self.timeout = timeout
         self.lastHeard = now
         self.nextPing = now + interval
+    }
+
+    /// Applies new settings (a reload) without forgetting when the peer was last heard;
+    /// the next ping is due one new interval from `now` at the latest.
+    public mutating func retune(interval: Duration, timeout: Duration, now: ContinuousClock.Instant) {
+        self.interval = interval
+        self.timeout = timeout
+        self.nextPing = min(self.nextPing, now + interval)
     }
 
     /// Records a sign of life (any received line).

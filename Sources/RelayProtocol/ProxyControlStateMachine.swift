@@ -4,11 +4,14 @@ public struct AgentCredentials: Sendable {
     public var secret: Secret
     /// The services the relay's config assigns to this agent.
     public var services: Set<String>
+    /// Secrets still accepted during a rotation window (the one a reload replaced).
+    public var previousSecrets: [Secret]
 
     /// Creates the credentials of one agent.
-    public init(secret: Secret, services: Set<String>) {
+    public init(secret: Secret, services: Set<String>, previousSecrets: [Secret] = []) {
         self.secret = secret
         self.services = services
+        self.previousSecrets = previousSecrets
     }
 }
 
@@ -77,6 +80,10 @@ public struct ProxyControlStateMachine: Sendable {
         self.makeNonce = makeNonce
     }
 
+    /// The secret the agent proved it holds: the current one, or one still accepted
+    /// during a rotation window.
+    public private(set) var provedSecret: Secret?
+
     /// The agent id, once it has authenticated.
     public var authenticatedAgent: String? {
         switch self.state {
@@ -104,10 +111,13 @@ public struct ProxyControlStateMachine: Sendable {
             guard let credentials = self.lookup(agent) else {
                 return [.authenticationFailed(agent: agent, .unknownAgent)] + self.authFailed()
             }
-            guard Authenticator.verify(proof: auth.proof, secret: credentials.secret, nonce: nonce, agentID: agent)
-            else {
+            let proved = ([credentials.secret] + credentials.previousSecrets).first {
+                Authenticator.verify(proof: auth.proof, secret: $0, nonce: nonce, agentID: agent)
+            }
+            guard let proved else {
                 return [.authenticationFailed(agent: agent, .badProof)] + self.authFailed()
             }
+            self.provedSecret = proved
             self.state = .awaitingRegister(agent: agent)
             return [.send(.welcome(.init(heartbeatSeconds: self.heartbeatSeconds)))]
         case (.awaitingRegister(let agent), .register(let register)):

@@ -14,6 +14,9 @@ final class AgentLink: Sendable {
     let services: [String]
     /// Every service the agent offered; a reload may assign one of these to it later.
     let offered: Set<String>
+    /// The secret the agent proved at its handshake (a rotation window may still accept an
+    /// old one); never logged.
+    let provedSecret: Secret?
     private let loop: ControlChannelLoop
     private let roundTripStore = Mutex<Duration?>(nil)
 
@@ -22,6 +25,7 @@ final class AgentLink: Sendable {
         remote: String,
         services: [String],
         offered: Set<String>,
+        provedSecret: Secret?,
         loop: ControlChannelLoop
     ) {
         self.id = id
@@ -29,6 +33,7 @@ final class AgentLink: Sendable {
         self.connectedAt = Date()
         self.services = services
         self.offered = offered
+        self.provedSecret = provedSecret
         self.loop = loop
     }
 
@@ -42,6 +47,11 @@ final class AgentLink: Sendable {
     /// messages) is full or the channel is gone.
     func send(_ message: ControlMessage) -> Bool {
         self.loop.send(message)
+    }
+
+    /// Applies reloaded heartbeat settings to this live channel.
+    func retune(heartbeatInterval: Double, heartbeatTimeout: Double) {
+        self.loop.retune(heartbeatInterval: heartbeatInterval, heartbeatTimeout: heartbeatTimeout)
     }
 
     /// Sends an `error` and closes the control channel (sessions already open go on). An

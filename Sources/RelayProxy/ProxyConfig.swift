@@ -54,6 +54,17 @@ public struct ProxyConfig: Sendable {
     /// How long a half-closed session may stay idle (`halfCloseTimeoutSeconds`, default 120; 0: no limit).
     public var halfCloseTimeout = PumpLimits.defaultHalfCloseTimeout
 
+    /// How long after a reload that changes an agent's secret the relay still accepts the
+    /// old one (`secretRotationGraceSeconds`, default 300; 0: the old secret is refused at
+    /// once and the agent's control channel is closed at the reload).
+    public var secretRotationGrace = Self.defaultSecretRotationGrace
+
+    /// Default `secretRotationGraceSeconds`.
+    public static let defaultSecretRotationGrace = 300.0
+
+    /// What a reload does with the live sessions of a removed service (`removedServiceSessions`).
+    public var removedServiceSessions = RemovedServiceRule.drain
+
     /// The limits a session opened now runs with.
     public var pumpLimits: PumpLimits { PumpLimits(halfCloseTimeoutSeconds: self.halfCloseTimeout) }
 
@@ -62,7 +73,9 @@ public struct ProxyConfig: Sendable {
         "listen", "control", "agents", "services", "heartbeatIntervalSeconds", "heartbeatTimeoutSeconds",
         "handshakeTimeoutSeconds", "attachTimeoutSeconds", "drainTimeoutSeconds", "metrics",
     ])
-    .union(ConfigReader.tcpTuningKeys).union(["halfCloseTimeoutSeconds"])
+    .union(ConfigReader.tcpTuningKeys).union([
+        "halfCloseTimeoutSeconds", "removedServiceSessions", "secretRotationGraceSeconds",
+    ])
 
     /// Reads and validates the file at `path`; the error lists every problem with its JSON path.
     public static func load(path: String) throws(ConfigError) -> ProxyConfig {
@@ -131,6 +144,9 @@ public struct ProxyConfig: Sendable {
         let drain = reader.seconds(root, "drainTimeoutSeconds", at: "$", default: 30, range: 0...86400)
         let metrics = root["metrics"] == nil ? nil : reader.address(root, "metrics", at: "$")
         let tcp = reader.tcpTuning(root)
+        let removedRule = reader.removedServiceRule(root)
+        let grace = reader.seconds(
+            root, "secretRotationGraceSeconds", at: "$", default: Self.defaultSecretRotationGrace, range: 0...604800)
         let halfClose = reader.seconds(
             root, "halfCloseTimeoutSeconds", at: "$", default: PumpLimits.defaultHalfCloseTimeout, range: 0...86400)
 
@@ -147,7 +163,9 @@ public struct ProxyConfig: Sendable {
             drainTimeout: drain,
             metrics: metrics,
             tcp: tcp,
-            halfCloseTimeout: halfClose
+            halfCloseTimeout: halfClose,
+            secretRotationGrace: grace,
+            removedServiceSessions: removedRule
         )
     }
 

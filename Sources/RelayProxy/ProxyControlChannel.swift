@@ -33,7 +33,7 @@ final class ProxyControlChannel: ControlChannelHandler {
         )
         self.machine = Mutex(
             ProxyControlStateMachine(heartbeatSeconds: config.heartbeatInterval) { [state] in
-                state.config.credentials(for: $0)
+                state.credentials(for: $0)
             }
         )
     }
@@ -111,7 +111,9 @@ final class ProxyControlChannel: ControlChannelHandler {
     private func register(agent: String, services: [String], offered: Set<String>) {
         self.deadline.cancel()
         self.loop.heard()
-        let link = AgentLink(id: agent, remote: self.remote, services: services, offered: offered, loop: self.loop)
+        let link = AgentLink(
+            id: agent, remote: self.remote, services: services, offered: offered,
+            provedSecret: self.machine.withLock { $0.provedSecret }, loop: self.loop)
         self.link.withLock { $0 = link }
         if let previous = self.state.register(link) {
             self.logger.warning(

@@ -209,6 +209,7 @@ extension SessionFailure {
         case .agentCongested: "agent_congested"
         case .shuttingDown: "shutting_down"
         case .killed: "killed"
+        case .serviceRemoved: "service_removed"
         }
     }
 }

@@ -89,6 +89,7 @@ public final class ProxyServer: Service, Sendable {
             group.addTask { await self.serveReloads() }
             group.addTask { await self.reloads.reloadOnSIGHUP(logger: self.logger) }
             group.addTask { await self.reportStatus() }
+            group.addTask { await self.expireRotations() }
             if let interval = self.hooks.watchdogInterval {
                 group.addTask {
                     await EventLoopWatchdog.run(group: self.group, interval: interval, alive: self.hooks.alive)
@@ -165,7 +166,14 @@ public final class ProxyServer: Service, Sendable {
         let newNames = Set(new.services.map(\.name))
         for service in old.services where !newNames.contains(service.name) {
             self.closeListener(service.name)
-            changes.append("service '\(service.name)' removed")
+            let live = self.state.sessions.filter { $0.service == service.name }
+            switch new.removedServiceSessions {
+            case .drain:
+                changes.append("service '\(service.name)' removed (\(live.count) live sessions drain)")
+            case .close:
+                for session in live { session.terminate(.serviceRemoved) }
+                changes.append("service '\(service.name)' removed (\(live.count) live sessions closed)")
+            }
         }
         for (name, listener) in bound {
             let replaced = self.closeListener(name)
@@ -183,27 +191,79 @@ public final class ProxyServer: Service, Sendable {
             }
         }
 
-        // Agents removed or with a new secret must authenticate again; their sessions go on.
+        // Agents removed must go; a rotated secret keeps the old one accepted for the grace
+        // window (the agent's channel stays), or, without a window, makes it authenticate again.
         for agent in old.agents {
-            guard let link = self.state.agents.first(where: { $0.id == agent.id }) else { continue }
+            let link = self.state.agents.first { $0.id == agent.id }
             if let updated = new.agents.first(where: { $0.id == agent.id }) {
-                if updated.secret != agent.secret {
-                    link.close(.authFailed, "the relay's secret for agent '\(agent.id)' changed; authenticate again")
-                    changes.append("agent '\(agent.id)' secret rotated")
+                guard updated.secret != agent.secret else { continue }
+                if new.secretRotationGrace > 0 {
+                    self.state.openRotationWindow(
+                        agentID: agent.id, oldSecret: agent.secret,
+                        until: .now + .milliseconds(Int64(new.secretRotationGrace * 1000)))
+                    changes.append(
+                        "agent '\(agent.id)' secret rotated (the old one is accepted for \(Self.seconds(new.secretRotationGrace)))"
+                    )
+                } else {
+                    for stale in self.state.closeRotationWindows(agentID: agent.id) {
+                        stale.close(
+                            .authFailed, "the relay's secret for agent '\(agent.id)' changed; authenticate again")
+                    }
+                    changes.append("agent '\(agent.id)' secret rotated (the old one is refused now)")
                 }
             } else {
-                link.close(.authFailed, "agent '\(agent.id)' was removed from the relay's config")
+                link?.close(.authFailed, "agent '\(agent.id)' was removed from the relay's config")
                 changes.append("agent '\(agent.id)' removed")
             }
         }
         let oldAgentIDs = Set(old.agents.map(\.id))
         for agent in new.agents where !oldAgentIDs.contains(agent.id) { changes.append("agent '\(agent.id)' added") }
-        if (new.heartbeatInterval, new.heartbeatTimeout, new.handshakeTimeout, new.attachTimeout, new.drainTimeout)
-            != (old.heartbeatInterval, old.heartbeatTimeout, old.handshakeTimeout, old.attachTimeout, old.drainTimeout)
-        {
-            changes.append("timeouts updated (heartbeats of connected agents change at their next connection)")
+        if (new.heartbeatInterval, new.heartbeatTimeout) != (old.heartbeatInterval, old.heartbeatTimeout) {
+            for link in self.state.agents {
+                link.retune(heartbeatInterval: new.heartbeatInterval, heartbeatTimeout: new.heartbeatTimeout)
+            }
+            changes.append(
+                "heartbeats every \(Self.seconds(new.heartbeatInterval)), timeout \(Self.seconds(new.heartbeatTimeout)) (connected agents too)"
+            )
+        }
+        let timeouts: [(String, Double, Double)] = [
+            ("handshakeTimeoutSeconds", old.handshakeTimeout, new.handshakeTimeout),
+            ("attachTimeoutSeconds", old.attachTimeout, new.attachTimeout),
+            ("drainTimeoutSeconds", old.drainTimeout, new.drainTimeout),
+            ("halfCloseTimeoutSeconds", old.halfCloseTimeout, new.halfCloseTimeout),
+            ("secretRotationGraceSeconds", old.secretRotationGrace, new.secretRotationGrace),
+            ("tcpKeepaliveSeconds", old.tcp.keepalive, new.tcp.keepalive),
+            ("tcpUserTimeoutSeconds", old.tcp.userTimeout, new.tcp.userTimeout),
+        ]
+        for (key, before, after) in timeouts where before != after {
+            changes.append("\(key) \(Self.seconds(before)) -> \(Self.seconds(after))")
+        }
+        if new.removedServiceSessions != old.removedServiceSessions {
+            changes.append("removedServiceSessions is now \(new.removedServiceSessions.rawValue)")
+        }
+        if new.metrics != old.metrics {
+            changes.append("metrics stays \(old.metrics.map { "\($0)" } ?? "off") until a restart")
+            new.metrics = old.metrics
+            self.state.replaceConfig(new)
         }
         return ReloadOutcome(applied: true, changes: changes)
+    }
+
+    /// Seconds for a change line: "2s", "0.5s".
+    static func seconds(_ value: Double) -> String {
+        String(format: "%gs", value)
+    }
+
+    /// Closes the control channels still authenticated with a secret whose rotation window
+    /// has ended, once a second.
+    private func expireRotations() async {
+        repeat {
+            for link in self.state.closeRotationWindows() {
+                self.logger.warning(
+                    "closing a control channel authenticated with a rotated secret", metadata: ["agent": "\(link.id)"])
+                link.close(.authFailed, "the old secret of agent '\(link.id)' is no longer accepted; use the new one")
+            }
+        } while (try? await Task.sleep(for: .seconds(1))) != nil
     }
 
     /// Waits for graceful shutdown (SIGTERM), then stops accepting, drops the control

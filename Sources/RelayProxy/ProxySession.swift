@@ -12,6 +12,7 @@ enum SessionFailure: Error, CustomStringConvertible {
     case agentCongested
     case shuttingDown
     case killed
+    case serviceRemoved
 
     var description: String {
         switch self {
@@ -21,6 +22,7 @@ enum SessionFailure: Error, CustomStringConvertible {
         case .agentCongested: "agent's control channel is congested"
         case .shuttingDown: "relay is shutting down"
         case .killed: "killed by operator"
+        case .serviceRemoved: "service removed by a reload"
         }
     }
 }

@@ -11,6 +11,8 @@ final class ProxyState: Sendable {
         var config: ProxyConfig
         var agents: [String: AgentLink] = [:]
         var sessions: [String: ProxySession] = [:]
+        /// Old secrets still accepted after a reload rotated them, until their deadline.
+        var rotations: [String: (secret: Secret, until: ContinuousClock.Instant)] = [:]
     }
 
     private let store: Mutex<Store>
@@ -29,6 +31,44 @@ final class ProxyState: Sendable {
     /// Puts a new config in force; registered agents and live sessions stay.
     func replaceConfig(_ config: ProxyConfig) {
         self.store.withLock { $0.config = config }
+    }
+
+    /// The credentials an agent is checked against: its secret in the config in force, and
+    /// the one a reload replaced while the rotation window is open.
+    func credentials(for agentID: String) -> AgentCredentials? {
+        self.store.withLock { store in
+            guard var credentials = store.config.credentials(for: agentID) else { return nil }
+            if let rotation = store.rotations[agentID], ContinuousClock.now < rotation.until {
+                credentials.previousSecrets = [rotation.secret]
+            }
+            return credentials
+        }
+    }
+
+    /// Keeps accepting `oldSecret` for `agentID` until `until`.
+    func openRotationWindow(agentID: String, oldSecret: Secret, until: ContinuousClock.Instant) {
+        self.store.withLock { $0.rotations[agentID] = (oldSecret, until) }
+    }
+
+    /// Ends the rotation windows that are past their deadline (or, with `agentID`, that
+    /// agent's at once) and returns the control channels still authenticated with a secret
+    /// that is no longer accepted.
+    func closeRotationWindows(now: ContinuousClock.Instant = .now, agentID: String? = nil) -> [AgentLink] {
+        self.store.withLock { store in
+            var ended: [String] = []
+            for (id, rotation) in store.rotations where rotation.until <= now || id == agentID {
+                ended.append(id)
+            }
+            if let agentID, store.rotations[agentID] == nil { ended.append(agentID) }
+            var stale: [AgentLink] = []
+            for id in ended {
+                store.rotations[id] = nil
+                guard let link = store.agents[id], let current = store.config.agents.first(where: { $0.id == id })
+                else { continue }
+                if let proved = link.provedSecret, proved != current.secret { stale.append(link) }
+            }
+            return stale
+        }
     }
 
     /// The registered agent that serves `service` now, if any: the config assigns the

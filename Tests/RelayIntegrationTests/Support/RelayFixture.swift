@@ -28,6 +28,9 @@ final class RelayFixture {
     private(set) var servicePorts: [String: Int] = [:]
     private(set) var agentProcesses: [String: DaemonProcess] = [:]
     private var proxyGeneration = 0
+    /// The ports the running proxy's config names (0 where the OS chose), so that a config
+    /// rewritten for a reload changes only what the test changed.
+    private var configuredPorts: (agent: Int, services: [String: Int]) = (0, [:])
 
     init(agents: [Agent], services: [Service], proxyOptions: [String: Any] = [:], host: String = "127.0.0.1") throws {
         self.host = host
@@ -44,19 +47,8 @@ final class RelayFixture {
     @discardableResult
     func startProxy() async throws -> DaemonProcess {
         self.proxyGeneration += 1
-        var config: [String: Any] = [
-            "listen": Self.address(self.host, self.agentPort),
-            "control": self.directory + "/proxy.sock",
-            "agents": self.agents.map { ["id": $0.id, "secret": $0.secret] },
-            "services": self.services.map {
-                [
-                    "name": $0.name, "agent": $0.agent,
-                    "listen": Self.address(self.host, self.servicePorts[$0.name] ?? 0),
-                ]
-            },
-        ]
-        config.merge(self.proxyOptions) { _, new in new }
-        let path = try self.write(config, to: "proxy.json")
+        self.configuredPorts = (self.agentPort, self.servicePorts)
+        let path = try self.writeProxyConfig()
         let proxy = try DaemonProcess(
             "relay-proxy", arguments: ["--config", path], name: "proxy\(self.proxyGeneration)")
         self.proxy = proxy
@@ -72,6 +64,57 @@ final class RelayFixture {
         return proxy
     }
 
+    /// Writes the proxy's config from `agents`, `services` and `proxyOptions` (ports learnt
+    /// before are kept; a new service listens on port 0); returns its path. A test changes
+    /// those properties and calls this before a reload.
+    @discardableResult
+    func writeProxyConfig() throws -> String {
+        var config: [String: Any] = [
+            "listen": Self.address(self.host, self.configuredPorts.agent),
+            "control": self.proxySocket,
+            "agents": self.agents.map { ["id": $0.id, "secret": $0.secret] },
+            "services": self.services.map {
+                [
+                    "name": $0.name, "agent": $0.agent,
+                    "listen": Self.address(self.host, self.configuredPorts.services[$0.name] ?? 0),
+                ]
+            },
+        ]
+        config.merge(self.proxyOptions) { _, new in new }
+        return try self.write(config, to: "proxy.json")
+    }
+
+    /// The proxy's control socket.
+    var proxySocket: String { self.directory + "/proxy.sock" }
+
+    /// The control socket of the agent `id` (its first live process).
+    func agentSocket(_ id: String) -> String { self.directory + "/agent-\(id).sock" }
+
+    /// Writes the config of agent `id` and returns its path; ``startAgent`` uses it, and a
+    /// test calls it again before reloading the agent.
+    @discardableResult
+    func writeAgentConfig(
+        id: String,
+        secret: String? = nil,
+        services: [String: Int],
+        options: [String: Any] = [:],
+        targetHost: String = "127.0.0.1",
+        control: String? = nil
+    ) throws -> String {
+        let secret = secret ?? self.agents.first { $0.id == id }?.secret ?? "unknown"
+        var config: [String: Any] = [
+            "relay": Self.address(self.relayHost, self.agentPort),
+            "id": id,
+            "secret": secret,
+            "control": control ?? self.agentSocket(id),
+            "services": services.keys.sorted().map { ["name": $0, "target": Self.address(targetHost, services[$0]!)] },
+            "reconnectInitialDelaySeconds": 0.2,
+            "reconnectMaxDelaySeconds": 1.0,
+        ]
+        config.merge(options) { _, new in new }
+        return try self.write(config, to: "agent-\(id).json")
+    }
+
     /// Starts an agent serving `services` (name → target port); by default waits until it registered.
     @discardableResult
     func startAgent(
@@ -82,19 +125,10 @@ final class RelayFixture {
         targetHost: String = "127.0.0.1",
         waitForRegistration: Bool = true
     ) async throws -> DaemonProcess {
-        let secret = secret ?? self.agents.first { $0.id == id }?.secret ?? "unknown"
-        var config: [String: Any] = [
-            "relay": Self.address(self.relayHost, self.agentPort),
-            "id": id,
-            "secret": secret,
-            // A second live process with the same id (a takeover test) needs its own socket.
-            "control": self.directory + "/agent-\(id)\(self.agentProcesses[id]?.isRunning == true ? "-2" : "").sock",
-            "services": services.keys.sorted().map { ["name": $0, "target": Self.address(targetHost, services[$0]!)] },
-            "reconnectInitialDelaySeconds": 0.2,
-            "reconnectMaxDelaySeconds": 1.0,
-        ]
-        config.merge(options) { _, new in new }
-        let path = try self.write(config, to: "agent-\(id).json")
+        // A second live process with the same id (a takeover test) needs its own socket.
+        let control = self.directory + "/agent-\(id)\(self.agentProcesses[id]?.isRunning == true ? "-2" : "").sock"
+        let path = try self.writeAgentConfig(
+            id: id, secret: secret, services: services, options: options, targetHost: targetHost, control: control)
         let agent = try DaemonProcess("relay-agent", arguments: ["--config", path], name: "agent-\(id)")
         self.agentProcesses[id] = agent
         if waitForRegistration {
@@ -103,7 +137,13 @@ final class RelayFixture {
         return agent
     }
 
-    func servicePort(_ name: String) -> Int { self.servicePorts[name]! }
+    /// The port of service `name`, as the proxy last logged it (a reload may add or move one).
+    func servicePort(_ name: String) -> Int {
+        if let line = self.proxy.lines(containing: "listening").last(where: { Self.field("service", in: $0) == name }) {
+            return Self.port(in: line)
+        }
+        return self.servicePorts[name]!
+    }
 
     /// Stops every daemon and removes the directory.
     func shutdown() async {
