@@ -23,6 +23,9 @@ final class RelayFixture {
     var agents: [Agent]
     var services: [Service]
     var proxyOptions: [String: Any]
+    /// A command the agents are started through (an absolute path and its arguments, with
+    /// the agent's command line appended), e.g. to run them in a namespace of their own.
+    var agentWrapper: [String] = []
     private(set) var proxy: DaemonProcess!
     private(set) var agentPort = 0
     private(set) var servicePorts: [String: Int] = [:]
@@ -129,7 +132,13 @@ final class RelayFixture {
         let control = self.directory + "/agent-\(id)\(self.agentProcesses[id]?.isRunning == true ? "-2" : "").sock"
         let path = try self.writeAgentConfig(
             id: id, secret: secret, services: services, options: options, targetHost: targetHost, control: control)
-        let agent = try DaemonProcess("relay-agent", arguments: ["--config", path], name: "agent-\(id)")
+        let agent =
+            self.agentWrapper.isEmpty
+            ? try DaemonProcess("relay-agent", arguments: ["--config", path], name: "agent-\(id)")
+            : try DaemonProcess(
+                self.agentWrapper[0],
+                arguments: self.agentWrapper.dropFirst() + [Binaries.path("relay-agent"), "--config", path],
+                name: "agent-\(id)")
         self.agentProcesses[id] = agent
         if waitForRegistration {
             try await agent.waitForLine(containing: "registered with relay")
