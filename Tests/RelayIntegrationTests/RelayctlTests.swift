@@ -108,11 +108,7 @@ struct RelayctlTests {
                 containing: "session=\(id)", "session closed", "killed by operator", timeout: .seconds(1))
             try await agent.waitForLine(containing: "session=\(id)", "session closed", timeout: .seconds(1))
             #expect(relay.proxy.lines(containing: "session=\(id)", "session killed by operator").count == 1)
-            let targetDeadline = ContinuousClock.now + .seconds(1)
-            while target.stats.closed.load(ordering: .relaxed) < 1 && ContinuousClock.now < targetDeadline {
-                try await Task.sleep(for: .milliseconds(10))
-            }
-            #expect(target.stats.closed.load(ordering: .relaxed) == 1, "the target connection is still open")
+            try await target.waitForClosed(1, timeout: .seconds(1))
 
             // The session is gone: unknown session, its own exit status and one line.
             let again = try await Relayctl.run(["--socket", proxySocket, "kill", id])

@@ -34,6 +34,8 @@ final class DaemonProcess: Sendable {
     private let partial = Mutex<Data>(Data())
     /// Set once the stderr reader has seen end of stream (every line is in ``log``).
     private let drained = Atomic<Bool>(false)
+    /// Signalled at every new log line, at the end of stderr and at exit.
+    let changes = Changes()
 
     /// Starts `binary` (one of ours, or an absolute path) with `arguments` and `environment`
     /// added to the test's own; stdout is discarded, stderr is collected.
@@ -50,6 +52,7 @@ final class DaemonProcess: Sendable {
         process.standardOutput = FileHandle.nullDevice
         process.standardInput = FileHandle.nullDevice
         self.process = process
+        process.terminationHandler = { [changes] _ in changes.notify() }
         try process.run()
         // A thread of its own reads stderr from a duplicate of the pipe's read end, which
         // it alone closes at end of stream: no dispatch source can outlive its descriptor
@@ -67,6 +70,7 @@ final class DaemonProcess: Sendable {
             }
             close(descriptor)
             self.drained.store(true, ordering: .releasing)
+            self.changes.notify()
         }
         reader.name = "stderr-\(name)"
         reader.start()
@@ -87,6 +91,7 @@ final class DaemonProcess: Sendable {
                 for line in complete { print("[\(self.name)] \(line)") }
             }
             self.lines.withLock { $0.append(contentsOf: complete) }
+            self.changes.notify()
         }
     }
 
@@ -106,22 +111,23 @@ final class DaemonProcess: Sendable {
     func waitForLine(containing fragments: String..., count: Int = 1, timeout: Duration = .seconds(10)) async throws
         -> String
     {
-        let deadline = ContinuousClock.now + timeout
-        while true {
+        var exited = false
+        let found = await self.changes.wait(timeout: timeout) { () -> String? in
             let matching = self.log.filter { line in fragments.allSatisfy { line.contains($0) } }
             if matching.count >= count { return matching[count - 1] }
-            guard self.process.isRunning else {
-                throw HarnessError(
-                    "\(self.name) exited (status \(self.process.terminationStatus)) before logging \(fragments); log:\n\(self.log.joined(separator: "\n"))"
-                )
-            }
-            guard ContinuousClock.now < deadline else {
-                throw HarnessError(
-                    "\(self.name) did not log \(fragments) within \(timeout); log:\n\(self.log.suffix(30).joined(separator: "\n"))"
-                )
-            }
-            try await Task.sleep(for: .milliseconds(10))
+            // Its last lines are read before the exit counts as final.
+            exited = !self.process.isRunning && self.drained.load(ordering: .acquiring)
+            return exited ? "" : nil
         }
+        if let found, !exited { return found }
+        if exited {
+            throw HarnessError(
+                "\(self.name) exited (status \(self.process.terminationStatus)) before logging \(fragments); log:\n\(self.log.joined(separator: "\n"))"
+            )
+        }
+        throw HarnessError(
+            "\(self.name) did not log \(fragments) within \(timeout); log:\n\(self.log.suffix(30).joined(separator: "\n"))"
+        )
     }
 
     /// The number of open file descriptors of the process (from /proc).
@@ -163,19 +169,11 @@ final class DaemonProcess: Sendable {
     /// Waits for the process to exit and returns its status.
     @discardableResult
     func waitForExit(timeout: Duration = .seconds(10)) async throws -> Int32 {
-        let deadline = ContinuousClock.now + timeout
-        while self.process.isRunning {
-            guard ContinuousClock.now < deadline else {
-                throw HarnessError("\(self.name) did not exit within \(timeout)")
-            }
-            try await Task.sleep(for: .milliseconds(10))
-        }
+        let exited = await self.changes.wait(timeout: timeout) { self.process.isRunning ? nil : true }
+        guard exited != nil else { throw HarnessError("\(self.name) did not exit within \(timeout)") }
         // Its last lines may still be in the pipe; a child that inherited stderr may keep the
         // pipe open longer, so this wait is bounded.
-        let drainDeadline = ContinuousClock.now + .seconds(2)
-        while !self.drained.load(ordering: .acquiring) && ContinuousClock.now < drainDeadline {
-            try await Task.sleep(for: .milliseconds(5))
-        }
+        _ = await self.changes.wait(timeout: .seconds(2)) { self.drained.load(ordering: .acquiring) ? true : nil }
         return self.process.terminationStatus
     }
 

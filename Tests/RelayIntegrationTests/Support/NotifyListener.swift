@@ -29,6 +29,8 @@ final class NotifyListener: Sendable {
     private let received = Mutex<[Message]>([])
     private let stopped = Atomic<Bool>(false)
     private let finished = Mutex<Bool>(false)
+    /// Signalled at every message received and when the receiver stops.
+    private let changes = Changes()
 
     init() throws {
         self.directory = "/tmp/relay-notify-" + UUID().uuidString.prefix(8)
@@ -70,9 +72,11 @@ final class NotifyListener: Sendable {
                 at: .now, assignments: text.split(separator: "\n", omittingEmptySubsequences: true).map(String.init))
             if ProcessInfo.processInfo.environment["RELAY_TEST_VERBOSE"] != nil { print("[notify] \(message)") }
             self.received.withLock { $0.append(message) }
+            self.changes.notify()
         }
         Glibc.close(self.descriptor)
         self.finished.withLock { $0 = true }
+        self.changes.notify()
     }
 
     /// Every message so far, oldest first.
@@ -92,16 +96,16 @@ final class NotifyListener: Sendable {
         timeout: Duration = .seconds(10),
         matching matches: (Message) -> Bool
     ) async throws -> (index: Int, message: Message) {
-        let deadline = ContinuousClock.now + timeout
-        while true {
+        let found = await self.changes.wait(timeout: timeout) { () -> (Int, Message)? in
             let all = self.messages
-            if from < all.count, let index = all[from...].firstIndex(where: matches) { return (index, all[index]) }
-            guard ContinuousClock.now < deadline else {
-                throw HarnessError(
-                    "no sd_notify message \(what) within \(timeout); received: \(all.map(\.description))")
-            }
-            try await Task.sleep(for: .milliseconds(5))
+            guard from < all.count, let index = all[from...].firstIndex(where: matches) else { return nil }
+            return (index, all[index])
         }
+        guard let found else {
+            throw HarnessError(
+                "no sd_notify message \(what) within \(timeout); received: \(self.messages.map(\.description))")
+        }
+        return found
     }
 
     /// Waits for a message carrying exactly `assignment`, e.g. `READY=1`.
@@ -126,7 +130,7 @@ final class NotifyListener: Sendable {
     /// Stops receiving and removes the socket.
     func close() async {
         self.stopped.store(true, ordering: .relaxed)
-        while !self.finished.withLock({ $0 }) { try? await Task.sleep(for: .milliseconds(10)) }
+        _ = await self.changes.wait(timeout: .seconds(10)) { self.finished.withLock { $0 } ? true : nil }
         try? FileManager.default.removeItem(atPath: self.directory)
     }
 }

@@ -23,17 +23,16 @@ extension RelayFixture {
             if let count = baseline.descriptors[daemon.name] {
                 try await daemon.waitForDescriptors(atMost: count, timeout: timeout)
             }
-            let deadline = ContinuousClock.now + timeout
-            while true {
-                let opened = daemon.lines(containing: "session open").count
-                let ended =
+            var counts = (opened: 0, ended: 0)
+            let balanced = await daemon.changes.wait(timeout: timeout) { () -> Bool? in
+                counts.opened = daemon.lines(containing: "session open").count
+                counts.ended =
                     daemon.lines(containing: "session closed").count + daemon.lines(containing: "session failed").count
                     + daemon.lines(containing: "session refused").count
-                if opened == ended { break }
-                guard ContinuousClock.now < deadline else {
-                    throw HarnessError("\(daemon.name) opened \(opened) sessions but ended \(ended)")
-                }
-                try await Task.sleep(for: .milliseconds(20))
+                return counts.opened == counts.ended ? true : nil
+            }
+            if balanced == nil {
+                throw HarnessError("\(daemon.name) opened \(counts.opened) sessions but ended \(counts.ended)")
             }
         }
     }

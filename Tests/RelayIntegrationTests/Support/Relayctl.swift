@@ -44,16 +44,14 @@ enum Relayctl {
         var environment = ProcessInfo.processInfo.environment
         environment["NO_COLOR"] = "1"
         process.environment = environment
+        let exited = Changes()
+        process.terminationHandler = { _ in exited.notify() }
         try process.run()
         async let stdout = Task.detached { out.fileHandleForReading.readDataToEndOfFile() }.value
         async let stderr = Task.detached { err.fileHandleForReading.readDataToEndOfFile() }.value
-        let deadline = ContinuousClock.now + limit
-        while process.isRunning {
-            guard ContinuousClock.now < deadline else {
-                process.terminate()
-                throw HarnessError("relayctl \(arguments) did not exit within \(limit)")
-            }
-            try await Task.sleep(for: .milliseconds(5))
+        if await exited.wait(timeout: limit, until: { process.isRunning ? nil : true }) == nil {
+            process.terminate()
+            throw HarnessError("relayctl \(arguments) did not exit within \(limit)")
         }
         return Result(
             status: process.terminationStatus,

@@ -33,6 +33,8 @@ final class TargetServer: Sendable {
         let closed = Atomic<Int>(0)
         let bytesWritten = Atomic<Int>(0)
         let sourceDigests = Mutex<[String]>([])
+        /// Signalled whenever a connection closes.
+        let changes = Changes()
     }
 
     let channel: any Channel
@@ -52,7 +54,10 @@ final class TargetServer: Sendable {
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     stats.accepted.add(1, ordering: .relaxed)
-                    channel.closeFuture.whenComplete { _ in stats.closed.add(1, ordering: .relaxed) }
+                    channel.closeFuture.whenComplete { _ in
+                        stats.closed.add(1, ordering: .relaxed)
+                        stats.changes.notify()
+                    }
                     let handler: any ChannelHandler =
                         switch behaviour {
                         case .echo: EchoHandler()
@@ -81,13 +86,12 @@ final class TargetServer: Sendable {
 
     /// Waits until `count` connections have closed (counted when their close completes).
     func waitForClosed(_ count: Int, timeout: Duration = .seconds(5)) async throws {
-        let deadline = ContinuousClock.now + timeout
-        while self.stats.closed.load(ordering: .relaxed) < count {
-            guard ContinuousClock.now < deadline else {
-                throw HarnessError(
-                    "only \(self.stats.closed.load(ordering: .relaxed)) of \(count) target connections closed")
-            }
-            try await Task.sleep(for: .milliseconds(10))
+        let reached = await self.stats.changes.wait(timeout: timeout) {
+            self.stats.closed.load(ordering: .relaxed) >= count ? true : nil
+        }
+        if reached == nil {
+            throw HarnessError(
+                "only \(self.stats.closed.load(ordering: .relaxed)) of \(count) target connections closed")
         }
         let closed = self.stats.closed.load(ordering: .relaxed)
         if closed != count { throw HarnessError("\(closed) target connections closed, expected \(count)") }
