@@ -91,8 +91,9 @@ import Testing
         #expect(
             try Self.check(json).problems == [
                 "$.colour: unknown key (allowed: connectTimeoutSeconds, control, drainTimeoutSeconds, "
-                    + "heartbeatIntervalSeconds, heartbeatTimeoutSeconds, id, metrics, reconnectInitialDelaySeconds, "
-                    + "reconnectMaxDelaySeconds, relay, secret, secretFile, services)",
+                    + "halfCloseTimeoutSeconds, heartbeatIntervalSeconds, heartbeatTimeoutSeconds, id, metrics, "
+                    + "reconnectInitialDelaySeconds, reconnectMaxDelaySeconds, relay, removedServiceSessions, secret, "
+                    + "secretFile, services, tcpKeepaliveSeconds, tcpUserTimeoutSeconds)",
                 "$.relay: bad address 'relay.example.net': expected HOST:PORT",
                 "$.id: 'bad id' is not a valid name: use \(Self.nameRule)",
                 "$.secretFile: give either 'secret' or 'secretFile', not both",

@@ -89,9 +89,45 @@ import Testing
         #expect(
             try Self.check(json).problems == [
                 "$.lisen: unknown key (allowed: agents, attachTimeoutSeconds, control, drainTimeoutSeconds, "
-                    + "handshakeTimeoutSeconds, heartbeatIntervalSeconds, heartbeatTimeoutSeconds, listen, metrics, services)",
+                    + "halfCloseTimeoutSeconds, handshakeTimeoutSeconds, heartbeatIntervalSeconds, heartbeatTimeoutSeconds, "
+                    + "listen, metrics, removedServiceSessions, secretRotationGraceSeconds, services, "
+                    + "tcpKeepaliveSeconds, tcpUserTimeoutSeconds)",
                 "$.agents[0].secert: unknown key (allowed: id, secret, secretFile)",
                 "$.services[0].target: unknown key (allowed: agent, listen, name)",
+            ])
+    }
+
+    @Test func reliabilityKeysAreReadAndChecked() throws {
+        let dir = try TempDir()
+        let config = try ProxyConfig.load(
+            path: try dir.write(
+                "good.json",
+                """
+                {"listen": "0.0.0.0:7835", "agents": [], "services": [],
+                 "tcpKeepaliveSeconds": 5, "tcpUserTimeoutSeconds": 0, "halfCloseTimeoutSeconds": 2.5,
+                 "removedServiceSessions": "close", "secretRotationGraceSeconds": 0}
+                """))
+        #expect(config.tcp == TCPTuning(keepalive: 5, userTimeout: 0))
+        #expect(config.halfCloseTimeout == 2.5 && config.pumpLimits.halfCloseTimeout == .milliseconds(2500))
+        #expect(config.removedServiceSessions == .close && config.secretRotationGrace == 0)
+        let defaults = try ProxyConfig.load(
+            path: try dir.write("defaults.json", #"{"listen": "0.0.0.0:7835", "agents": [], "services": []}"#))
+        #expect(defaults.tcp == TCPTuning(keepalive: 30, userTimeout: 60) && defaults.removedServiceSessions == .drain)
+        #expect(defaults.secretRotationGrace == 300 && defaults.halfCloseTimeout == 120)
+        #expect(defaults.tcp.deadIdlePeerBound == 60)
+        let bad = try Self.check(
+            """
+            {"listen": "0.0.0.0:7835", "agents": [], "services": [],
+             "tcpKeepaliveSeconds": -1, "tcpUserTimeoutSeconds": "60", "halfCloseTimeoutSeconds": 1e9,
+             "removedServiceSessions": "kill", "secretRotationGraceSeconds": 700000}
+            """)
+        #expect(
+            bad.problems == [
+                "$.tcpKeepaliveSeconds: must be between 0 and 7200 seconds",
+                "$.tcpUserTimeoutSeconds: must be a number of seconds, not a string",
+                "$.removedServiceSessions: must be \"drain\" or \"close\", not \"kill\"",
+                "$.secretRotationGraceSeconds: must be between 0 and 604800 seconds",
+                "$.halfCloseTimeoutSeconds: must be between 0 and 86400 seconds",
             ])
     }
 

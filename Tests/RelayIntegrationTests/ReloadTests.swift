@@ -243,6 +243,8 @@ struct ReloadTests {
                     let output = try await self.reload(relay.agentSocket("office"))
                     let verb = rule == "drain" ? "drain" : "closed"
                     #expect(output.contains("service 'gone' removed (1 live sessions \(verb))"))
+                    // The agent registers its new list of services on a fresh control channel.
+                    try await agent.waitForLine(containing: "registered with relay", "services=kept")
                 }
                 // Bytes go on flowing under "drain"; the session ends at once under "close".
                 let before = received
