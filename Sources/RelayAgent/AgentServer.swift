@@ -111,11 +111,23 @@ public final class AgentServer: Service, Sendable {
             let reason: String
             do {
                 let connection = try await Network.dial(
-                    config.relay, timeout: .fromSeconds(config.connectTimeout), group: self.group, tuning: config.tcp)
+                    config.relay, timeout: .fromSeconds(config.connectTimeout), group: self.group, tuning: config.tcp,
+                    role: .control)
                 guard self.state.setControlChannel(connection.channel) else {
                     // Shutting down: close it the only way an NIOAsyncChannel may be dropped.
                     try? await connection.executeThenClose { _, _ in }
                     break
+                }
+                // A reload during the dial found no channel to close: this one was dialled
+                // with the old config, so it is dropped and the new config dialled at once.
+                if self.reconnectNow.withLock({ flag in
+                    defer { flag = false }
+                    return flag
+                }) {
+                    _ = self.state.setControlChannel(nil)
+                    try? await connection.executeThenClose { _, _ in }
+                    self.logger.info("reconnecting with the reloaded config: it changed during the connection attempt")
+                    continue
                 }
                 let control = AgentControlChannel(
                     config: config,
@@ -239,33 +251,27 @@ public final class AgentServer: Service, Sendable {
         }
         for name in oldServices.keys.sorted() where newServices[name] == nil {
             let live = self.state.sessions.filter { $0.service == name }
-            switch new.removedServiceSessions {
-            case .drain:
-                changes.append("service '\(name)' removed (\(live.count) live sessions drain)")
-            case .close:
+            if new.removedServiceSessions == .close {
                 for session in live { session.kill(reason: "service removed by a reload") }
-                changes.append("service '\(name)' removed (\(live.count) live sessions closed)")
             }
+            changes.append(
+                "service '\(name)' removed (\(new.removedServiceSessions.describe(liveSessions: live.count)))")
             reconnect = true
         }
         if (new.heartbeatInterval, new.heartbeatTimeout) != (old.heartbeatInterval, old.heartbeatTimeout) {
             changes.append(
-                "heartbeats every \(String(format: "%gs", new.heartbeatInterval)), timeout \(String(format: "%gs", new.heartbeatTimeout))"
+                "heartbeats every \(ReloadOutcome.seconds(new.heartbeatInterval)), timeout \(ReloadOutcome.seconds(new.heartbeatTimeout))"
             )
             reconnect = true
         }
-        let timeouts: [(String, Double, Double)] = [
+        let timeouts: [(key: String, old: Double, new: Double)] = [
             ("connectTimeoutSeconds", old.connectTimeout, new.connectTimeout),
             ("reconnectInitialDelaySeconds", old.reconnectInitialDelay, new.reconnectInitialDelay),
             ("reconnectMaxDelaySeconds", old.reconnectMaxDelay, new.reconnectMaxDelay),
             ("drainTimeoutSeconds", old.drainTimeout, new.drainTimeout),
             ("halfCloseTimeoutSeconds", old.halfCloseTimeout, new.halfCloseTimeout),
-            ("tcpKeepaliveSeconds", old.tcp.keepalive, new.tcp.keepalive),
-            ("tcpUserTimeoutSeconds", old.tcp.userTimeout, new.tcp.userTimeout),
         ]
-        for (key, before, after) in timeouts where before != after {
-            changes.append("\(key) \(String(format: "%gs", before)) -> \(String(format: "%gs", after))")
-        }
+        changes += ReloadOutcome.changedSeconds(timeouts + new.tcp.settings(comparedWith: old.tcp))
         if new.removedServiceSessions != old.removedServiceSessions {
             changes.append("removedServiceSessions is now \(new.removedServiceSessions.rawValue)")
         }

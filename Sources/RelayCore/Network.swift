@@ -85,7 +85,8 @@ public enum Network {
         _ address: HostPort,
         timeout: TimeAmount,
         group: any EventLoopGroup,
-        tuning: TCPTuning = TCPTuning()
+        tuning: TCPTuning = TCPTuning(),
+        role: TCPTuning.Role = .data
     ) async throws -> TCPConnection {
         let bootstrap = ClientBootstrap(group: group)
             .connectTimeout(timeout)
@@ -93,7 +94,7 @@ public enum Network {
             .channelOption(.tcpOption(.tcp_nodelay), value: 1)
         guard address.isLocalhost else {
             return try await bootstrap.connect(host: address.host, port: address.port) { channel in
-                self.wrap(channel, tuning: tuning)
+                self.wrap(channel, tuning: tuning, role: role)
             }
         }
         var firstError: (any Error)?
@@ -101,7 +102,7 @@ public enum Network {
             do {
                 let socketAddress = try SocketAddress(ipAddress: loopback, port: address.port)
                 return try await bootstrap.connect(to: socketAddress) { channel in
-                    self.wrap(channel, tuning: tuning)
+                    self.wrap(channel, tuning: tuning, role: role)
                 }
             } catch {
                 firstError = firstError ?? error
@@ -129,22 +130,25 @@ public enum Network {
             .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
     }
 
-    private static func wrap(_ channel: any Channel, tuning: TCPTuning) -> EventLoopFuture<TCPConnection> {
+    private static func wrap(_ channel: any Channel, tuning: TCPTuning, role: TCPTuning.Role)
+        -> EventLoopFuture<TCPConnection>
+    {
         channel.eventLoop.makeCompletedFuture {
-            try tuning.apply(to: channel)
+            try tuning.apply(to: channel, role: role)
             return try TCPConnection(wrappingChannelSynchronously: channel, configuration: self.connectionConfiguration)
         }
     }
 
     /// An accepted child, wrapped as soon as it exists (so no read is missed) and owned
-    /// until a handler takes it; a TCP child gets `tuning`.
+    /// until a handler takes it; a TCP child gets `tuning` for a session connection (the
+    /// agent port upgrades a control channel's once it knows).
     static func wrapAccepted(
         _ channel: any Channel,
         tuning: TCPTuning? = nil,
         configuration: TCPConnection.Configuration = Network.connectionConfiguration
     ) -> EventLoopFuture<AcceptedConnection> {
         channel.eventLoop.makeCompletedFuture {
-            try tuning?.apply(to: channel)
+            try tuning?.apply(to: channel, role: .data)
             return AcceptedConnection(
                 try TCPConnection(wrappingChannelSynchronously: channel, configuration: configuration))
         }

@@ -16,3 +16,26 @@ public struct ReloadOutcome: Sendable, Codable, Equatable {
         self.problems = problems
     }
 }
+
+extension ReloadOutcome {
+    /// A number of seconds in a change line: "2s", "0.5s".
+    public static func seconds(_ value: Double) -> String {
+        String(format: "%gs", value)
+    }
+
+    /// One change line per setting whose value differs: "halfCloseTimeoutSeconds 120s -> 30s".
+    public static func changedSeconds(_ settings: [(key: String, old: Double, new: Double)]) -> [String] {
+        settings.filter { $0.old != $0.new }.map { "\($0.key) \(Self.seconds($0.old)) -> \(Self.seconds($0.new))" }
+    }
+}
+
+extension TCPTuning {
+    /// The settings as reload change lines see them, paired with `old`'s.
+    public func settings(comparedWith old: TCPTuning) -> [(key: String, old: Double, new: Double)] {
+        [
+            ("tcpKeepaliveSeconds", old.keepalive, self.keepalive),
+            ("tcpUserTimeoutSeconds", old.userTimeout, self.userTimeout),
+            ("dataUserTimeoutSeconds", old.dataUserTimeout, self.dataUserTimeout),
+        ]
+    }
+}

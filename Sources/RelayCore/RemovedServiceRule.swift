@@ -6,6 +6,16 @@ public enum RemovedServiceRule: String, Sendable, CaseIterable {
     case drain
     /// They are reset at once, as by `relayctl kill`.
     case close
+
+    /// What the rule did to `count` live sessions, for a reload's change line
+    /// ("1 live session drains", "3 live sessions closed").
+    public func describe(liveSessions count: Int) -> String {
+        let sessions = count == 1 ? "1 live session" : "\(count) live sessions"
+        switch self {
+        case .drain: return "\(sessions) \(count == 1 ? "drains" : "drain")"
+        case .close: return "\(sessions) closed"
+        }
+    }
 }
 
 extension ConfigReader {

@@ -4,29 +4,53 @@ import NIOCore
     import Glibc
 #endif
 
-/// How the daemons find a dead peer at the TCP level, on every connection they hold
-/// (control channels, data channels, clients, targets): keepalive probes on an idle
-/// connection, and `TCP_USER_TIMEOUT` on a connection whose sent bytes go unacknowledged.
-/// Both are config keys of both daemons (`tcpKeepaliveSeconds`, `tcpUserTimeoutSeconds`);
-/// 0 turns one off (the kernel's defaults: no probes, about 15 minutes of retransmissions).
+/// How the daemons find a dead peer at the TCP level: keepalive probes on an idle
+/// connection (every connection the daemon holds), and `TCP_USER_TIMEOUT` on a connection
+/// whose sent bytes go unacknowledged.
+///
+/// The user timeout is on for control channels by default and off for the connections that
+/// carry sessions (data channels, clients, targets): Linux counts a closed receive window
+/// against it too, so a client that pauses reading for longer than the timeout (a paused
+/// download, a suspended terminal) would have its session cut. Keys of both daemons:
+/// `tcpKeepaliveSeconds`, `tcpUserTimeoutSeconds` (control channels),
+/// `dataUserTimeoutSeconds` (session connections); 0 turns one off.
 public struct TCPTuning: Sendable, Equatable {
+    /// The kind of connection a setting applies to.
+    public enum Role: Sendable {
+        /// A control channel: always read by its peer, so a closed window means a stuck peer.
+        case control
+        /// A data channel, a client or a target connection: its window closes when a reader
+        /// downstream pauses.
+        case data
+    }
+
     /// Default `tcpKeepaliveSeconds`.
     public static let defaultKeepalive = 30.0
     /// Default `tcpUserTimeoutSeconds`.
     public static let defaultUserTimeout = 60.0
+    /// Default `dataUserTimeoutSeconds`: off.
+    public static let defaultDataUserTimeout = 0.0
     /// Keepalive probes sent before an idle peer is declared dead.
     public static let keepaliveProbes: CInt = 3
 
     /// Seconds of silence before the first keepalive probe; probes then follow every third
     /// of that, and after ``keepaliveProbes`` unanswered ones the connection fails. 0: off.
     public var keepalive: Double
-    /// Seconds that sent bytes may stay unacknowledged before the connection fails. 0: off.
+    /// Seconds that bytes sent on a control channel may stay unacknowledged before it
+    /// fails. 0: off.
     public var userTimeout: Double
+    /// The same for data channels, clients and targets. 0: off.
+    public var dataUserTimeout: Double
 
-    /// A tuning with both settings.
-    public init(keepalive: Double = Self.defaultKeepalive, userTimeout: Double = Self.defaultUserTimeout) {
+    /// A tuning with these settings.
+    public init(
+        keepalive: Double = Self.defaultKeepalive,
+        userTimeout: Double = Self.defaultUserTimeout,
+        dataUserTimeout: Double = Self.defaultDataUserTimeout
+    ) {
         self.keepalive = keepalive
         self.userTimeout = userTimeout
+        self.dataUserTimeout = dataUserTimeout
     }
 
     /// Whole seconds for the kernel's keepalive settings: idle time and probe interval.
@@ -36,15 +60,17 @@ public struct TCPTuning: Sendable, Equatable {
         return (idle, max(1, idle / 3))
     }
 
-    /// The longest an idle connection to a vanished peer stays open: the idle time plus
-    /// every probe, or nil when keepalive is off.
+    /// The longest an idle session connection to a vanished peer stays open: the idle
+    /// time plus every probe (the user timeout, when set, decides instead), or nil when
+    /// keepalive is off.
     public var deadIdlePeerBound: Double? {
         guard let times = self.keepaliveTimes else { return nil }
+        if self.dataUserTimeout > 0 { return self.dataUserTimeout }
         return Double(times.idle + times.interval * Self.keepaliveProbes)
     }
 
-    /// Applies the settings to a connected TCP socket, on its event loop.
-    func apply(to channel: any Channel) throws {
+    /// Applies the settings for `role` to a TCP socket, on its event loop.
+    func apply(to channel: any Channel, role: Role) throws {
         guard let options = channel.syncOptions else { return }
         if let times = self.keepaliveTimes {
             try options.setOption(.socketOption(.so_keepalive), value: 1)
@@ -52,24 +78,41 @@ public struct TCPTuning: Sendable, Equatable {
             try options.setOption(.tcpOption(.init(rawValue: TCP_KEEPINTVL)), value: Int(times.interval))
             try options.setOption(.tcpOption(.init(rawValue: TCP_KEEPCNT)), value: Int(Self.keepaliveProbes))
         }
-        if self.userTimeout > 0 {
-            let milliseconds = CInt(min(self.userTimeout * 1000, Double(CInt.max)))
-            try options.setOption(.tcpOption(.init(rawValue: CInt(TCP_USER_TIMEOUT))), value: Int(milliseconds))
-        }
+        try Self.setUserTimeout(role == .control ? self.userTimeout : self.dataUserTimeout, on: options)
+    }
+
+    /// Gives an accepted connection the control channel's user timeout, once its first
+    /// line showed it is one (the relay's agent port carries both kinds).
+    public func applyControl(to channel: any Channel) async throws {
+        guard self.userTimeout != self.dataUserTimeout else { return }
+        try await channel.eventLoop.submit {
+            guard let options = channel.syncOptions else { return }
+            try Self.setUserTimeout(self.userTimeout, on: options)
+        }.get()
+    }
+
+    private static func setUserTimeout(_ seconds: Double, on options: some NIOSynchronousChannelOptions) throws {
+        let milliseconds = Int(min(max(0, seconds) * 1000, Double(CInt.max)))
+        try options.setOption(.tcpOption(.init(rawValue: CInt(TCP_USER_TIMEOUT))), value: milliseconds)
     }
 }
 
 extension ConfigReader {
     /// The config keys both daemons share for ``TCPTuning``.
-    public static let tcpTuningKeys: Set<String> = ["tcpKeepaliveSeconds", "tcpUserTimeoutSeconds"]
+    public static let tcpTuningKeys: Set<String> = [
+        "tcpKeepaliveSeconds", "tcpUserTimeoutSeconds", "dataUserTimeoutSeconds",
+    ]
 
-    /// `tcpKeepaliveSeconds` and `tcpUserTimeoutSeconds` of a daemon's config (0 turns one off).
+    /// `tcpKeepaliveSeconds`, `tcpUserTimeoutSeconds` and `dataUserTimeoutSeconds` of a
+    /// daemon's config (0 turns one off).
     public func tcpTuning(_ root: [String: JSONValue]) -> TCPTuning {
         TCPTuning(
             keepalive: self.seconds(
                 root, "tcpKeepaliveSeconds", at: "$", default: TCPTuning.defaultKeepalive, range: 0...7200),
             userTimeout: self.seconds(
-                root, "tcpUserTimeoutSeconds", at: "$", default: TCPTuning.defaultUserTimeout, range: 0...86400)
+                root, "tcpUserTimeoutSeconds", at: "$", default: TCPTuning.defaultUserTimeout, range: 0...86400),
+            dataUserTimeout: self.seconds(
+                root, "dataUserTimeoutSeconds", at: "$", default: TCPTuning.defaultDataUserTimeout, range: 0...86400)
         )
     }
 }

@@ -39,6 +39,7 @@ struct AgentPort {
                 }
                 switch first {
                 case .hello:
+                    try? await self.state.config.tcp.applyControl(to: channel)
                     let control = ProxyControlChannel(
                         state: self.state,
                         logger: self.logger,

@@ -167,13 +167,11 @@ public final class ProxyServer: Service, Sendable {
         for service in old.services where !newNames.contains(service.name) {
             self.closeListener(service.name)
             let live = self.state.sessions.filter { $0.service == service.name }
-            switch new.removedServiceSessions {
-            case .drain:
-                changes.append("service '\(service.name)' removed (\(live.count) live sessions drain)")
-            case .close:
+            if new.removedServiceSessions == .close {
                 for session in live { session.terminate(.serviceRemoved) }
-                changes.append("service '\(service.name)' removed (\(live.count) live sessions closed)")
             }
+            let rule = new.removedServiceSessions.describe(liveSessions: live.count)
+            changes.append("service '\(service.name)' removed (\(rule))")
         }
         for (name, listener) in bound {
             let replaced = self.closeListener(name)
@@ -202,7 +200,7 @@ public final class ProxyServer: Service, Sendable {
                         agentID: agent.id, oldSecret: agent.secret,
                         until: .now + .milliseconds(Int64(new.secretRotationGrace * 1000)))
                     changes.append(
-                        "agent '\(agent.id)' secret rotated (the old one is accepted for \(Self.seconds(new.secretRotationGrace)))"
+                        "agent '\(agent.id)' secret rotated (the old one is accepted for \(ReloadOutcome.seconds(new.secretRotationGrace)))"
                     )
                 } else {
                     for stale in self.state.closeRotationWindows(agentID: agent.id) {
@@ -223,21 +221,17 @@ public final class ProxyServer: Service, Sendable {
                 link.retune(heartbeatInterval: new.heartbeatInterval, heartbeatTimeout: new.heartbeatTimeout)
             }
             changes.append(
-                "heartbeats every \(Self.seconds(new.heartbeatInterval)), timeout \(Self.seconds(new.heartbeatTimeout)) (connected agents too)"
+                "heartbeats every \(ReloadOutcome.seconds(new.heartbeatInterval)), timeout \(ReloadOutcome.seconds(new.heartbeatTimeout)) (connected agents too)"
             )
         }
-        let timeouts: [(String, Double, Double)] = [
+        let timeouts: [(key: String, old: Double, new: Double)] = [
             ("handshakeTimeoutSeconds", old.handshakeTimeout, new.handshakeTimeout),
             ("attachTimeoutSeconds", old.attachTimeout, new.attachTimeout),
             ("drainTimeoutSeconds", old.drainTimeout, new.drainTimeout),
             ("halfCloseTimeoutSeconds", old.halfCloseTimeout, new.halfCloseTimeout),
             ("secretRotationGraceSeconds", old.secretRotationGrace, new.secretRotationGrace),
-            ("tcpKeepaliveSeconds", old.tcp.keepalive, new.tcp.keepalive),
-            ("tcpUserTimeoutSeconds", old.tcp.userTimeout, new.tcp.userTimeout),
         ]
-        for (key, before, after) in timeouts where before != after {
-            changes.append("\(key) \(Self.seconds(before)) -> \(Self.seconds(after))")
-        }
+        changes += ReloadOutcome.changedSeconds(timeouts + new.tcp.settings(comparedWith: old.tcp))
         if new.removedServiceSessions != old.removedServiceSessions {
             changes.append("removedServiceSessions is now \(new.removedServiceSessions.rawValue)")
         }
@@ -247,11 +241,6 @@ public final class ProxyServer: Service, Sendable {
             self.state.replaceConfig(new)
         }
         return ReloadOutcome(applied: true, changes: changes)
-    }
-
-    /// Seconds for a change line: "2s", "0.5s".
-    static func seconds(_ value: Double) -> String {
-        String(format: "%gs", value)
     }
 
     /// Closes the control channels still authenticated with a secret whose rotation window

@@ -236,13 +236,13 @@ struct ReloadTests {
                     relay.services = [.init(name: "kept", agent: "office")]
                     try relay.writeProxyConfig()
                     let output = try await self.reload(relay.proxySocket)
-                    let verb = rule == "drain" ? "drain" : "closed"
-                    #expect(output.contains("service 'gone' removed (1 live sessions \(verb))"))
+                    let verb = rule == "drain" ? "drains" : "closed"
+                    #expect(output.contains("service 'gone' removed (1 live session \(verb))"))
                 } else {
                     try relay.writeAgentConfig(id: "office", services: ["kept": echo.port], options: agentOptions)
                     let output = try await self.reload(relay.agentSocket("office"))
-                    let verb = rule == "drain" ? "drain" : "closed"
-                    #expect(output.contains("service 'gone' removed (1 live sessions \(verb))"))
+                    let verb = rule == "drain" ? "drains" : "closed"
+                    #expect(output.contains("service 'gone' removed (1 live session \(verb))"))
                     // The agent registers its new list of services on a fresh control channel.
                     try await agent.waitForLine(containing: "registered with relay", "services=kept")
                 }
