@@ -29,6 +29,8 @@ public final class ProxyServer: Service, Sendable {
     private let pump: any SessionPump
     private let hooks: DaemonHooks
     private let adopted: [String: [CInt]]
+    /// The names whose sockets systemd passed and that are still open.
+    private let adoptedOpen: Mutex<Set<String>>
     /// The bound listeners by name (`agents` or a service), for status queries.
     let listeners = Mutex<[String: [TCPListener]]>([:])
     private let listenerStarts: AsyncStream<(String, TCPListener)>
@@ -57,6 +59,7 @@ public final class ProxyServer: Service, Sendable {
         self.pump = pump
         self.hooks = hooks
         self.adopted = adopted
+        self.adoptedOpen = Mutex(Set(adopted.keys))
         (self.listenerStarts, self.listenerStartInput) = AsyncStream.makeStream()
     }
 
@@ -138,12 +141,25 @@ public final class ProxyServer: Service, Sendable {
         }
 
         // Bind every new or moved listener first: if one fails, nothing changes.
+        // A listener systemd passed stays as it is (its `listen` is not used) while it is
+        // open; once a reload closed it (its service removed), the service binds its own.
+        let adoptedOpen = self.adoptedOpen.withLock { $0 }
         var wanted: [(name: String, address: HostPort)] = []
-        if new.listen != old.listen && self.adopted[Self.agentPortName] == nil {
-            wanted.append((Self.agentPortName, new.listen))
+        if new.listen != old.listen {
+            if adoptedOpen.contains(Self.agentPortName) {
+                changes.append("agent port keeps the socket systemd passed (listen \(new.listen) not used)")
+            } else {
+                wanted.append((Self.agentPortName, new.listen))
+            }
         }
-        for service in new.services where self.adopted[service.name] == nil {
-            if old.service(named: service.name)?.listen != service.listen {
+        for service in new.services {
+            let before = old.service(named: service.name)
+            if adoptedOpen.contains(service.name) {
+                if let before, before.listen != service.listen {
+                    changes.append(
+                        "service '\(service.name)' keeps the socket systemd passed (listen \(service.listen) not used)")
+                }
+            } else if before?.listen != service.listen {
                 wanted.append((service.name, service.listen))
             }
         }
@@ -328,13 +344,14 @@ public final class ProxyServer: Service, Sendable {
         self.listeners.withLock { $0[name, default: []].append(listener) }
         var metadata: Logger.Metadata = ["address": "\(listener.channel.localAddress?.displayString ?? "?")"]
         metadata[name == Self.agentPortName ? "role" : "service"] = "\(name == Self.agentPortName ? "agents" : name)"
-        if self.adopted[name] != nil { metadata["adopted"] = "systemd" }
+        if self.adoptedOpen.withLock({ $0.contains(name) }) { metadata["adopted"] = "systemd" }
         self.logger.info("listening", metadata: metadata)
         self.listenerStartInput.yield((name, listener))
     }
 
     @discardableResult
     private func closeListener(_ name: String) -> Bool {
+        self.adoptedOpen.withLock { _ = $0.remove(name) }
         guard let closing = self.listeners.withLock({ $0.removeValue(forKey: name) }) else { return false }
         for listener in closing { listener.channel.close(promise: nil) }
         return true
