@@ -3,7 +3,7 @@ import RelayCore
 import RelayProtocol
 
 /// The agent's configuration (`/etc/relay/agent.json`), fully validated; see relay-agent.json(5).
-public struct AgentConfig: Sendable {
+public struct AgentConfig: Sendable, DaemonSettings {
     /// One service the agent can reach.
     public struct Service: Sendable {
         /// The service name, as the relay's config knows it.

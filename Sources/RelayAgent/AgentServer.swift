@@ -264,21 +264,13 @@ public final class AgentServer: Service, Sendable {
             )
             reconnect = true
         }
-        let timeouts: [(key: String, old: Double, new: Double)] = [
-            ("connectTimeoutSeconds", old.connectTimeout, new.connectTimeout),
-            ("reconnectInitialDelaySeconds", old.reconnectInitialDelay, new.reconnectInitialDelay),
-            ("reconnectMaxDelaySeconds", old.reconnectMaxDelay, new.reconnectMaxDelay),
-            ("drainTimeoutSeconds", old.drainTimeout, new.drainTimeout),
-            ("halfCloseTimeoutSeconds", old.halfCloseTimeout, new.halfCloseTimeout),
-        ]
-        changes += ReloadOutcome.changedSeconds(timeouts + new.tcp.settings(comparedWith: old.tcp))
-        if new.removedServiceSessions != old.removedServiceSessions {
-            changes.append("removedServiceSessions is now \(new.removedServiceSessions.rawValue)")
-        }
-        if new.metrics != old.metrics {
-            changes.append("metrics stays \(old.metrics.map { "\($0)" } ?? "off") until a restart")
-            new.metrics = old.metrics
-        }
+        changes += new.reloadChanges(
+            from: old,
+            timeouts: [
+                ("connectTimeoutSeconds", old.connectTimeout, new.connectTimeout),
+                ("reconnectInitialDelaySeconds", old.reconnectInitialDelay, new.reconnectInitialDelay),
+                ("reconnectMaxDelaySeconds", old.reconnectMaxDelay, new.reconnectMaxDelay),
+            ])
         self.state.config = new
         if reconnect {
             // A fresh control channel registers the new identity and services; sessions go on.

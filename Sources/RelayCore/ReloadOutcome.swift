@@ -28,14 +28,3 @@ extension ReloadOutcome {
         settings.filter { $0.old != $0.new }.map { "\($0.key) \(Self.seconds($0.old)) -> \(Self.seconds($0.new))" }
     }
 }
-
-extension TCPTuning {
-    /// The settings as reload change lines see them, paired with `old`'s.
-    public func settings(comparedWith old: TCPTuning) -> [(key: String, old: Double, new: Double)] {
-        [
-            ("tcpKeepaliveSeconds", old.keepalive, self.keepalive),
-            ("tcpUserTimeoutSeconds", old.userTimeout, self.userTimeout),
-            ("dataUserTimeoutSeconds", old.dataUserTimeout, self.dataUserTimeout),
-        ]
-    }
-}

@@ -3,7 +3,7 @@ import RelayCore
 import RelayProtocol
 
 /// The relay's configuration (`/etc/relay/proxy.json`), fully validated; see relay-proxy.json(5).
-public struct ProxyConfig: Sendable {
+public struct ProxyConfig: Sendable, DaemonSettings {
     /// One agent allowed to connect.
     public struct Agent: Sendable {
         /// The agent id it presents in `hello`.

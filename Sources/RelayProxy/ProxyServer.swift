@@ -240,22 +240,15 @@ public final class ProxyServer: Service, Sendable {
                 "heartbeats every \(ReloadOutcome.seconds(new.heartbeatInterval)), timeout \(ReloadOutcome.seconds(new.heartbeatTimeout)) (connected agents too)"
             )
         }
-        let timeouts: [(key: String, old: Double, new: Double)] = [
-            ("handshakeTimeoutSeconds", old.handshakeTimeout, new.handshakeTimeout),
-            ("attachTimeoutSeconds", old.attachTimeout, new.attachTimeout),
-            ("drainTimeoutSeconds", old.drainTimeout, new.drainTimeout),
-            ("halfCloseTimeoutSeconds", old.halfCloseTimeout, new.halfCloseTimeout),
-            ("secretRotationGraceSeconds", old.secretRotationGrace, new.secretRotationGrace),
-        ]
-        changes += ReloadOutcome.changedSeconds(timeouts + new.tcp.settings(comparedWith: old.tcp))
-        if new.removedServiceSessions != old.removedServiceSessions {
-            changes.append("removedServiceSessions is now \(new.removedServiceSessions.rawValue)")
-        }
-        if new.metrics != old.metrics {
-            changes.append("metrics stays \(old.metrics.map { "\($0)" } ?? "off") until a restart")
-            new.metrics = old.metrics
-            self.state.replaceConfig(new)
-        }
+        let before = new.metrics
+        changes += new.reloadChanges(
+            from: old,
+            timeouts: [
+                ("handshakeTimeoutSeconds", old.handshakeTimeout, new.handshakeTimeout),
+                ("attachTimeoutSeconds", old.attachTimeout, new.attachTimeout),
+                ("secretRotationGraceSeconds", old.secretRotationGrace, new.secretRotationGrace),
+            ])
+        if new.metrics != before { self.state.replaceConfig(new) }
         return ReloadOutcome(applied: true, changes: changes)
     }
 
