@@ -1,5 +1,6 @@
 import Foundation
 import NIOCore
+import Synchronization
 
 /// The portable pump: one task per direction over `NIOAsyncChannel` streams, so the two
 /// connections may live on different event loops. Backpressure comes from the async
@@ -14,49 +15,49 @@ public struct AsyncChannelPump: SessionPump {
         meter: TrafficMeter,
         limits: PumpLimits
     ) async -> PumpOutcome {
+        // The first failure wins and tears the whole session down: the other direction's
+        // read or write fails at once, and both peers see a reset (a FIN would leave the next
+        // hop half-open).
+        let failure = FirstFailure()
+        @Sendable func fail(_ outcome: PumpOutcome) {
+            guard failure.record(outcome) else { return }
+            first.channel.abort()
+            second.channel.abort()
+        }
+        // A connection that closes while bytes may still be written to it (a reset after its
+        // peer's half-close, when nothing reads it any more) fails the session.
+        for (endpoint, side) in [(first, PumpOutcome.Endpoint.first), (second, .second)] {
+            endpoint.channel.closeFuture.whenComplete { _ in
+                let writesDone = side == .first ? meter.backwardFinished : meter.forwardFinished
+                if !writesDone { fail(.failed(endpoint: side, reason: "connection closed")) }
+            }
+        }
         await withTaskGroup(of: PumpOutcome?.self) { group in
             group.addTask { await Self.copy(from: first, to: second, forward: true, meter: meter) }
             group.addTask { await Self.copy(from: second, to: first, forward: false, meter: meter) }
             if let timeout = limits.halfCloseTimeout {
                 group.addTask { await Self.watchHalfClose(meter, timeout: timeout) }
             }
-            var outcome = PumpOutcome.finished
             var directionsDone = 0
             for await result in group {
-                if let result, result != .finished, outcome == .finished {
-                    outcome = result
-                    // Tear the whole session down: the other direction's read or write fails at
-                    // once, and both peers see a reset (a FIN would leave the next hop half-open).
-                    first.channel.abort()
-                    second.channel.abort()
-                }
+                if let result, result != .finished { fail(result) }
                 if result != nil { directionsDone += 1 }
                 if directionsDone == 2 { group.cancelAll() }
             }
-            return outcome
         }
+        return failure.outcome ?? .finished
     }
 
     /// Returns a failure once one direction has ended and no byte has moved either way for
-    /// `timeout`; nil when cancelled (both directions ended first).
+    /// `timeout` since; nil when cancelled (both directions ended first). Never early; late
+    /// by at most one tick.
     private static func watchHalfClose(_ meter: TrafficMeter, timeout: Duration) async -> PumpOutcome? {
         let tick = min(PumpLimits.longestHalfCloseTick, timeout / 4)
-        var moved = meter.forward + meter.backward
-        var since = ContinuousClock.now
         while (try? await Task.sleep(for: tick)) != nil {
-            let now = ContinuousClock.now
-            let total = meter.forward + meter.backward
-            let halfClosed = meter.forwardFinished != meter.backwardFinished
-            if total != moved || !halfClosed {
-                moved = total
-                since = now
-                continue
-            }
-            if now - since >= timeout {
-                let idle: PumpOutcome.Endpoint = meter.forwardFinished ? .second : .first
-                let seconds = String(format: "%g", timeout.inSeconds)
-                return .failed(endpoint: idle, reason: "half-closed and idle for \(seconds)s")
-            }
+            guard meter.forwardFinished != meter.backwardFinished, meter.idleFor >= timeout else { continue }
+            let idle: PumpOutcome.Endpoint = meter.forwardFinished ? .second : .first
+            let seconds = String(format: "%g", timeout.inSeconds)
+            return .failed(endpoint: idle, reason: "half-closed and idle for \(seconds)s")
         }
         return nil
     }
@@ -95,8 +96,10 @@ public struct AsyncChannelPump: SessionPump {
         } catch {
             return .failed(endpoint: destinationSide, reason: Self.describe(error))
         }
-        destination.writer.finish()
+        // Recorded first: the write shutdown may close the channel in full (see above), and
+        // that close must not count as an early one.
         meter.finish(forward: forward)
+        destination.writer.finish()
         return .finished
     }
 
@@ -105,5 +108,22 @@ public struct AsyncChannelPump: SessionPump {
         if error is ChannelError { return "connection closed" }
         if error is CancellationError { return "cancelled" }
         return Network.describe(error)
+    }
+}
+
+/// The first failure of a pump run, recorded once from whichever task or callback sees it.
+private final class FirstFailure: Sendable {
+    private let stored = Mutex<PumpOutcome?>(nil)
+
+    /// The failure recorded, if any.
+    var outcome: PumpOutcome? { self.stored.withLock { $0 } }
+
+    /// Records `outcome` unless a failure came first; `true` if it was recorded.
+    func record(_ outcome: PumpOutcome) -> Bool {
+        self.stored.withLock { stored in
+            guard stored == nil else { return false }
+            stored = outcome
+            return true
+        }
     }
 }

@@ -60,13 +60,28 @@ public struct TCPTuning: Sendable, Equatable {
         return (idle, max(1, idle / 3))
     }
 
-    /// The longest an idle session connection to a vanished peer stays open: the idle
-    /// time plus every probe (the user timeout, when set, decides instead), or nil when
+    /// The `TCP_USER_TIMEOUT` a connection of `role` gets, in seconds (0: none): its
+    /// configured value, but never longer than the keepalive's own bound. Linux lets a set
+    /// user timeout, not the probe count, decide when keepalive gives up, so a longer one
+    /// would stretch `tcpKeepaliveSeconds`'s bound.
+    public func userTimeout(for role: Role) -> Double {
+        let configured = role == .control ? self.userTimeout : self.dataUserTimeout
+        guard configured > 0, let bound = self.keepaliveBound else { return configured }
+        return min(configured, bound)
+    }
+
+    /// Idle time plus every probe, or nil when keepalive is off.
+    private var keepaliveBound: Double? {
+        guard let times = self.keepaliveTimes else { return nil }
+        return Double(times.idle + times.interval * Self.keepaliveProbes)
+    }
+
+    /// The longest an idle session connection to a vanished peer stays open, or nil when
     /// keepalive is off.
     public var deadIdlePeerBound: Double? {
-        guard let times = self.keepaliveTimes else { return nil }
-        if self.dataUserTimeout > 0 { return self.dataUserTimeout }
-        return Double(times.idle + times.interval * Self.keepaliveProbes)
+        guard let bound = self.keepaliveBound else { return nil }
+        let userTimeout = self.userTimeout(for: .data)
+        return userTimeout > 0 ? userTimeout : bound
     }
 
     /// Applies the settings for `role` to a TCP socket, on its event loop.
@@ -78,16 +93,17 @@ public struct TCPTuning: Sendable, Equatable {
             try options.setOption(.tcpOption(.init(rawValue: TCP_KEEPINTVL)), value: Int(times.interval))
             try options.setOption(.tcpOption(.init(rawValue: TCP_KEEPCNT)), value: Int(Self.keepaliveProbes))
         }
-        try Self.setUserTimeout(role == .control ? self.userTimeout : self.dataUserTimeout, on: options)
+        try Self.setUserTimeout(self.userTimeout(for: role), on: options)
     }
 
     /// Gives an accepted connection the control channel's user timeout, once its first
     /// line showed it is one (the relay's agent port carries both kinds).
     public func applyControl(to channel: any Channel) async throws {
-        guard self.userTimeout != self.dataUserTimeout else { return }
+        let control = self.userTimeout(for: .control)
+        guard control != self.userTimeout(for: .data) else { return }
         try await channel.eventLoop.submit {
             guard let options = channel.syncOptions else { return }
-            try Self.setUserTimeout(self.userTimeout, on: options)
+            try Self.setUserTimeout(control, on: options)
         }.get()
     }
 

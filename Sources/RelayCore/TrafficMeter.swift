@@ -1,3 +1,4 @@
+import NIOCore
 import Synchronization
 
 /// Something told about every chunk a pump moves, while it moves (per-service counters).
@@ -15,6 +16,8 @@ public final class TrafficMeter: Sendable {
     private let backwardBytes = Atomic<Int64>(0)
     private let forwardDone = Atomic<Bool>(false)
     private let backwardDone = Atomic<Bool>(false)
+    /// When a byte last moved or a direction last ended (uptime nanoseconds).
+    private let lastActivity = Atomic<UInt64>(NIODeadline.now().uptimeNanoseconds)
     private let sink: (any TrafficSink)?
 
     /// A meter at zero; `sink`, if given, is told about every chunk as it moves.
@@ -30,8 +33,15 @@ public final class TrafficMeter: Sendable {
     public var forwardFinished: Bool { self.forwardDone.load(ordering: .relaxed) }
     /// Whether the second endpoint has finished sending.
     public var backwardFinished: Bool { self.backwardDone.load(ordering: .relaxed) }
+    /// How long since a byte last moved either way or a direction last ended.
+    public var idleFor: Duration {
+        let now = NIODeadline.now().uptimeNanoseconds
+        let last = self.lastActivity.load(ordering: .relaxed)
+        return .nanoseconds(Int64(now > last ? now - last : 0))
+    }
 
     func add(_ count: Int, forward: Bool) {
+        self.lastActivity.store(NIODeadline.now().uptimeNanoseconds, ordering: .relaxed)
         if forward {
             self.forwardBytes.wrappingAdd(Int64(count), ordering: .relaxed)
         } else {
@@ -41,6 +51,7 @@ public final class TrafficMeter: Sendable {
     }
 
     func finish(forward: Bool) {
+        self.lastActivity.store(NIODeadline.now().uptimeNanoseconds, ordering: .relaxed)
         if forward {
             self.forwardDone.store(true, ordering: .relaxed)
         } else {
