@@ -28,6 +28,11 @@ struct HarnessError: Error, CustomStringConvertible {
 /// A daemon started as a real process, its stderr collected line by line so tests can
 /// await log lines as readiness signals.
 final class DaemonProcess: Sendable {
+    /// A command that every process started in this task's scope runs through, its binary
+    /// and arguments appended (`["/usr/sbin/ip", "netns", "exec", name]` starts daemons in
+    /// a network namespace; `ip netns exec` execs the binary, so the pid stays the daemon's).
+    @TaskLocal static var launcher: [String] = []
+
     let name: String
     let process: Process
     private let lines = Mutex<[String]>([])
@@ -42,8 +47,14 @@ final class DaemonProcess: Sendable {
     init(_ binary: String, arguments: [String], name: String, environment: [String: String] = [:]) throws {
         self.name = name
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: binary.hasPrefix("/") ? binary : Binaries.path(binary))
-        process.arguments = arguments
+        let executable = binary.hasPrefix("/") ? binary : Binaries.path(binary)
+        if let launcher = Self.launcher.first {
+            process.executableURL = URL(fileURLWithPath: launcher)
+            process.arguments = Self.launcher.dropFirst() + [executable] + arguments
+        } else {
+            process.executableURL = URL(fileURLWithPath: executable)
+            process.arguments = arguments
+        }
         if !environment.isEmpty {
             process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
         }

@@ -47,8 +47,20 @@ final class TargetServer: Sendable {
     }
 
     static func start(_ behaviour: Behaviour, host: String = "127.0.0.1") async throws -> TargetServer {
+        try await self.start(behaviour) { try await $0.bind(host: host, port: 0).get() }
+    }
+
+    /// Serves on a socket bound (not yet listening) elsewhere, e.g. inside a network
+    /// namespace (``NetNamespace/boundSocket()``); the server owns the socket from now on.
+    static func start(_ behaviour: Behaviour, boundSocket: NIOBSDSocket.Handle) async throws -> TargetServer {
+        try await self.start(behaviour) { try await $0.withBoundSocket(boundSocket).get() }
+    }
+
+    private static func start(
+        _ behaviour: Behaviour, listen: (ServerBootstrap) async throws -> any Channel
+    ) async throws -> TargetServer {
         let stats = Stats()
-        let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+        let bootstrap = ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.allowRemoteHalfClosure, value: true)
             .childChannelInitializer { channel in
@@ -71,7 +83,7 @@ final class TargetServer: Sendable {
                     try channel.pipeline.syncOperations.addHandler(handler)
                 }
             }
-            .bind(host: host, port: 0).get()
+        let channel = try await listen(bootstrap)
         return TargetServer(channel: channel, stats: stats)
     }
 

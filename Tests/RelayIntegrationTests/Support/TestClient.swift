@@ -18,6 +18,21 @@ enum TestClient {
             }
     }
 
+    /// Wraps a socket connected elsewhere, e.g. inside a network namespace
+    /// (``NetNamespace/connectedSocket(port:)``); the connection owns the socket from now on.
+    static func connect(socket: NIOBSDSocket.Handle) async throws -> Connection {
+        try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .channelOption(.allowRemoteHalfClosure, value: true)
+            .withConnectedSocket(socket) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try Connection(
+                        wrappingChannelSynchronously: channel,
+                        configuration: .init(isOutboundHalfClosureEnabled: true)
+                    )
+                }
+            }
+    }
+
     /// Sends `request`, half-closes, and returns everything received until the server closes.
     static func exchange(port: Int, request: [UInt8], host: String = "127.0.0.1") async throws -> [UInt8] {
         let connection = try await self.connect(port: port, host: host)
