@@ -106,7 +106,9 @@ struct NetworkFaultTests {
 
     // MARK: B. a client vanishes without a FIN
 
-    /// `tcpUserTimeoutSeconds` in a run of B: the default, or off.
+    /// `tcpUserTimeoutSeconds` in a run of B: the default, or off. Either way a client
+    /// connection has no user timeout (that is `dataUserTimeoutSeconds`, off by default), so
+    /// the keepalive's bound holds.
     enum UserTimeout: String, Sendable, CaseIterable, CustomTestStringConvertible {
         case defaultUserTimeout, userTimeoutOff
         var options: [String: Any] { self == .userTimeoutOff ? ["tcpUserTimeoutSeconds": 0] : [:] }
@@ -167,14 +169,14 @@ struct NetworkFaultTests {
     // MARK: C. a data channel's path goes dark while the relay sends
 
     /// An upload in full flow when its data channel's path starts dropping everything: the
-    /// relay's writes go unacknowledged and the session fails within `tcpUserTimeoutSeconds`;
+    /// relay's writes go unacknowledged and the session fails within `dataUserTimeoutSeconds`;
     /// the agent, which only receives on it, finds it dead by keepalive.
     @Test func dataChannelWithUnacknowledgedWritesFailsWithinTheUserTimeout() async throws {
         try await NetNamespace.with { namespace in
             let target = try await namespace.startTarget(.silent)
             defer { Task { await target.close() } }
             let userTimeout = 2.0
-            let tcp: [String: Any] = ["tcpUserTimeoutSeconds": userTimeout, "tcpKeepaliveSeconds": 2.0]
+            let tcp: [String: Any] = ["dataUserTimeoutSeconds": userTimeout, "tcpKeepaliveSeconds": 2.0]
             try await withFixture(
                 agents: Self.agents, services: [.init(name: "sink", agent: "office")], proxyOptions: tcp
             ) { relay in
@@ -211,7 +213,7 @@ struct NetworkFaultTests {
                 }
                 print(
                     "figure: data channel dark under writes: relay failed the session after \(failed) "
-                        + "(tcpUserTimeoutSeconds \(userTimeout)); client saw \(clientSaw)")
+                        + "(dataUserTimeoutSeconds \(userTimeout)); client saw \(clientSaw)")
                 #expect(failed >= .seconds(userTimeout - 0.2), "failed before the user timeout: \(failed)")
                 #expect(failed < .seconds(userTimeout + 1.5), "failed late: \(failed)")
                 let closed = try await relay.proxy.waitForLine(containing: "session closed")
