@@ -33,8 +33,8 @@ public struct AsyncChannelPump: SessionPump {
             }
         }
         await withTaskGroup(of: PumpOutcome?.self) { group in
-            group.addTask { await Self.copy(from: first, to: second, forward: true, meter: meter) }
-            group.addTask { await Self.copy(from: second, to: first, forward: false, meter: meter) }
+            group.addTask { await Self.copy(from: first, to: second, forward: true, meter: meter, failure: failure) }
+            group.addTask { await Self.copy(from: second, to: first, forward: false, meter: meter, failure: failure) }
             if let timeout = limits.halfCloseTimeout {
                 group.addTask { await Self.watchHalfClose(meter, timeout: timeout) }
             }
@@ -66,7 +66,8 @@ public struct AsyncChannelPump: SessionPump {
         from source: PumpEndpoint,
         to destination: PumpEndpoint,
         forward: Bool,
-        meter: TrafficMeter
+        meter: TrafficMeter,
+        failure: FirstFailure
     ) async -> PumpOutcome {
         let sourceSide: PumpOutcome.Endpoint = forward ? .first : .second
         let destinationSide: PumpOutcome.Endpoint = forward ? .second : .first
@@ -84,6 +85,14 @@ public struct AsyncChannelPump: SessionPump {
                 return .failed(endpoint: destinationSide, reason: Self.describe(error))
             }
             meter.add(chunk.readableBytes, forward: forward)
+        }
+        // The stream also ends, without an error, when the source was closed here (the
+        // session is being torn down, or an operator killed it): that is no FIN to pass on,
+        // or the next hop would see a clean close instead of a reset. A source closed in
+        // full after its peer's FIN because its own writes are done is a FIN all the same.
+        let writesIntoSourceDone = forward ? meter.backwardFinished : meter.forwardFinished
+        if failure.outcome != nil || (!source.channel.isActive && !writesIntoSourceDone) {
+            return .failed(endpoint: sourceSide, reason: "connection closed")
         }
         // End of stream: pass the FIN on as a shutdown of the destination's write side, but
         // only once every byte queued for it has reached its socket. NIO turns a write
