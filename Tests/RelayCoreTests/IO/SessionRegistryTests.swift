@@ -1,0 +1,304 @@
+import NIOCore
+import RelayProtocol
+import Testing
+
+@testable import RelayAgent
+@testable import RelayCore
+@testable import RelayProxy
+
+extension IOTests {
+    /// The session registries of both daemons: `ProxyState` with its `ProxySession`s and
+    /// `AgentLink`s, and `AgentState`, on real loopback channels where a channel is needed.
+    @Suite(.timeLimit(.minutes(1)))
+    struct SessionRegistryTests {
+        /// Completes a claimed session's promise, which the client task would otherwise do.
+        struct Finished: Error {}
+
+        // MARK: - ProxyState
+
+        @Test func openSessionsGetUniqueIdsAndTokens() async throws {
+            let state = try Self.proxyState()
+            try await Loopback.withConnection { _, client in
+                let sessions = (0..<500).map { index in
+                    state.openSession(
+                        service: "web", agent: "office", client: "10.0.0.1:\(index)", clientChannel: client.channel)
+                }
+                #expect(Set(sessions.map(\.id)).count == sessions.count)
+                #expect(Set(sessions.map(\.token)).count == sessions.count)
+                #expect(sessions.allSatisfy { SessionIDs.isWellFormed($0.id) && Tokens.isWellFormed($0.token) })
+                #expect(sessions.allSatisfy { state.session($0.id) === $0 })
+                #expect(state.sessions.count == sessions.count)
+                #expect(sessions.allSatisfy { Self.isPending($0) })
+                for session in sessions {
+                    #expect(session.fail(.shuttingDown))
+                    state.removeSession(session)
+                }
+                #expect(state.sessions.isEmpty)
+            }
+        }
+
+        @Test func removeSessionForgetsThatSessionOnly() async throws {
+            let state = try Self.proxyState()
+            try await Loopback.withConnection { _, client in
+                let first = state.openSession(
+                    service: "web", agent: "office", client: "a", clientChannel: client.channel)
+                let second = state.openSession(
+                    service: "web", agent: "office", client: "b", clientChannel: client.channel)
+                // A session that ended but shares the live one's id must not remove it.
+                let stale = ProxySession(
+                    id: second.id, service: "web", agent: "office", client: "c", clientChannel: client.channel,
+                    telemetry: state.telemetry.service("web"))
+                for session in [first, second, stale] { session.fail(.shuttingDown) }
+                state.removeSession(first)
+                state.removeSession(stale)
+                #expect(state.session(first.id) == nil)
+                #expect(state.session(second.id) === second)
+                #expect(state.sessions.count == 1)
+                if case .closed = first.phase {} else { Issue.record("a removed session is not closed") }
+                state.removeSession(second)
+                #expect(state.sessions.isEmpty)
+            }
+        }
+
+        @Test func unregisteringAnAgentFailsItsPendingSessionsOnly() async throws {
+            let state = try Self.proxyState()
+            try await Loopback.withConnection { agentSide, client in
+                let link = Self.link("office", on: agentSide.channel)
+                #expect(state.register(link) == nil)
+                #expect(state.agent(serving: "web") === link)
+                let pending = (0..<3).map { index in
+                    state.openSession(
+                        service: "web", agent: "office", client: "\(index)", clientChannel: client.channel)
+                }
+                let joined = state.openSession(
+                    service: "web", agent: "office", client: "j", clientChannel: client.channel)
+                guard case .claimed(let promise) = joined.claim(token: joined.token, dataChannel: agentSide.channel)
+                else {
+                    Issue.record("claim failed")
+                    return
+                }
+                let otherAgent = state.openSession(
+                    service: "db", agent: "lab", client: "o", clientChannel: client.channel)
+
+                state.unregister(link)
+
+                #expect(state.agent(serving: "web") == nil)
+                for session in pending {
+                    #expect(await Self.failure(of: session).map { "\($0)" } == "\(SessionFailure.agentDisconnected)")
+                }
+                if case .open = joined.phase {} else { Issue.record("an attached session was touched") }
+                #expect(Self.isPending(otherAgent), "another agent's session was failed")
+                promise.fail(Finished())
+                otherAgent.fail(.shuttingDown)
+            }
+        }
+
+        @Test func aReplacedLinkUnregistersNothing() async throws {
+            let state = try Self.proxyState()
+            try await Loopback.withConnection { agentSide, client in
+                let old = Self.link("office", on: agentSide.channel)
+                let new = Self.link("office", on: agentSide.channel)
+                #expect(state.register(old) == nil)
+                #expect(state.register(new) === old)
+                let session = state.openSession(
+                    service: "web", agent: "office", client: "a", clientChannel: client.channel)
+                state.unregister(old)
+                #expect(state.agent(serving: "web") === new)
+                #expect(Self.isPending(session))
+                state.unregister(new)
+                #expect(await Self.failure(of: session).map { "\($0)" } == "\(SessionFailure.agentDisconnected)")
+            }
+        }
+
+        @Test func aSessionIsClaimedOnceAndOnlyWithItsToken() async throws {
+            let state = try Self.proxyState()
+            try await Loopback.withConnection { data, client in
+                let session = state.openSession(
+                    service: "web", agent: "office", client: "a", clientChannel: client.channel)
+                let other = state.openSession(
+                    service: "web", agent: "office", client: "b", clientChannel: client.channel)
+                if case .badToken = session.claim(token: other.token, dataChannel: data.channel) {
+                } else {
+                    Issue.record("another session's token was accepted")
+                }
+                if case .badToken = session.claim(token: "", dataChannel: data.channel) {
+                } else {
+                    Issue.record("an empty token was accepted")
+                }
+                #expect(Self.isPending(session))
+                // Eight attaches at once with the right token: one wins.
+                let results = await withTaskGroup(of: EventLoopPromise<DataLink>?.self) { group in
+                    for _ in 0..<8 {
+                        group.addTask {
+                            if case .claimed(let promise) = session.claim(
+                                token: session.token, dataChannel: data.channel)
+                            {
+                                return promise
+                            }
+                            return nil
+                        }
+                    }
+                    return await group.reduce(into: []) { $0.append($1) }
+                }
+                let winners = results.compactMap { $0 }
+                #expect(winners.count == 1)
+                if case .open(let channel) = session.phase {
+                    #expect(channel === data.channel)
+                } else {
+                    Issue.record("a claimed session is not open")
+                }
+                if case .notPending = session.claim(token: session.token, dataChannel: data.channel) {
+                } else {
+                    Issue.record("a session was claimed twice")
+                }
+                #expect(!session.fail(.killed), "an attached session can no longer fail as pending")
+                // A session that failed cannot be claimed.
+                #expect(other.fail(.attachTimeout(1)))
+                if case .notPending = other.claim(token: other.token, dataChannel: data.channel) {
+                } else {
+                    Issue.record("a failed session was claimed")
+                }
+                for promise in winners { promise.fail(Finished()) }
+            }
+        }
+
+        @Test func terminatingAPendingSessionResetsTheClientAndFailsIt() async throws {
+            let state = try Self.proxyState()
+            try await Loopback.withConnection { outerClient, client in
+                let session = state.openSession(
+                    service: "web", agent: "office", client: "a", clientChannel: client.channel)
+                session.terminate(.killed)
+                #expect(await Self.failure(of: session).map { "\($0)" } == "\(SessionFailure.killed)")
+                if case .killed? = session.termination {} else { Issue.record("termination not recorded") }
+                let seen = try await Timing.withTimeout(5) { await outerClient.receive(TestPattern(seed: 0)) }
+                #expect(seen?.end?.isReset == true, "\(String(describing: seen))")
+            }
+        }
+
+        @Test func terminatingAnOpenSessionResetsBothConnections() async throws {
+            let state = try Self.proxyState()
+            try await Loopback.withConnection { outerClient, client in
+                try await Loopback.withConnection { agent, data in
+                    let session = state.openSession(
+                        service: "web", agent: "office", client: "a", clientChannel: client.channel)
+                    guard case .claimed(let promise) = session.claim(token: session.token, dataChannel: data.channel)
+                    else {
+                        Issue.record("claim failed")
+                        return
+                    }
+                    session.terminate(.killed)
+                    for peer in [outerClient, agent] {
+                        let seen = try await Timing.withTimeout(5) { await peer.receive(TestPattern(seed: 0)) }
+                        #expect(seen?.end?.isReset == true, "\(String(describing: seen))")
+                    }
+                    promise.fail(Finished())
+                }
+            }
+        }
+
+        // MARK: - AgentState
+
+        @Test func agentSessionsAreAddedAndRemoved() throws {
+            let state = try Self.agentState()
+            let session = Self.agentSession("a1", state)
+            let stale = Self.agentSession("a1", state)
+            state.add(session)
+            #expect(state.session("a1") === session)
+            #expect(state.sessions.count == 1)
+            state.remove(stale)
+            #expect(state.session("a1") === session, "removing another session with the same id removed this one")
+            state.remove(session)
+            #expect(state.session("a1") == nil)
+            #expect(state.sessions.isEmpty)
+        }
+
+        @Test func waitForNoSessionsReturnsOnceTheLastIsRemoved() async throws {
+            let state = try Self.agentState()
+            let session = Self.agentSession("a1", state)
+            state.add(session)
+            let drained = Flag()
+            let waiting = Task {
+                let result = await state.waitForNoSessions(timeout: .seconds(20))
+                drained.raise()
+                return result
+            }
+            // While a session is live the wait goes on.
+            #expect(await !drained.wait(seconds: 0.3), "the wait returned with a session live")
+            let removed = ContinuousClock.now
+            state.remove(session)
+            #expect(await waiting.value)
+            let after = Timing.milliseconds(since: removed)
+            print("figure: waitForNoSessions returned \(after) ms after the last session was removed")
+            #expect(after < 1000)
+        }
+
+        @Test func waitForNoSessionsGivesUpAtItsTimeout() async throws {
+            let state = try Self.agentState()
+            let session = Self.agentSession("a1", state)
+            state.add(session)
+            let start = ContinuousClock.now
+            #expect(await !state.waitForNoSessions(timeout: .milliseconds(300)))
+            let elapsed = Timing.milliseconds(since: start)
+            #expect(elapsed >= 300 && elapsed < 2000, "\(elapsed) ms")
+            state.remove(session)
+        }
+
+        @Test func killingAnAgentSessionResetsItsConnections() async throws {
+            let state = try Self.agentState()
+            try await Loopback.withConnection { targetPeer, target in
+                try await Loopback.withConnection { relayPeer, data in
+                    let session = Self.agentSession("a1", state)
+                    session.adopt(target.channel)
+                    session.adopt(data.channel)
+                    #expect(session.connections.count == 2)
+                    session.kill()
+                    #expect(session.killed)
+                    for peer in [targetPeer, relayPeer] {
+                        let seen = try await Timing.withTimeout(5) { await peer.receive(TestPattern(seed: 0)) }
+                        #expect(seen?.end?.isReset == true, "\(String(describing: seen))")
+                    }
+                }
+            }
+        }
+
+        // MARK: - Helpers
+
+        static func proxyState() throws -> ProxyState {
+            let dir = try TempDir()
+            return ProxyState(config: try ProxyConfig.load(path: try dir.write("proxy.json", ProxyConfigTests.minimal)))
+        }
+
+        static func agentState() throws -> AgentState {
+            let dir = try TempDir()
+            return AgentState(config: try AgentConfig.load(path: try dir.write("agent.json", AgentConfigTests.minimal)))
+        }
+
+        static func agentSession(_ id: String, _ state: AgentState) -> AgentSession {
+            AgentSession(
+                id: id, service: "web", client: "10.0.0.1:5000", target: "127.0.0.1:80",
+                telemetry: state.telemetry.service("web"))
+        }
+
+        /// A registered agent's link over `channel` (its loop never runs: nothing is sent here).
+        static func link(_ id: String, on channel: any Channel) -> AgentLink {
+            AgentLink(
+                id: id, remote: "127.0.0.1:1", services: ["web"], offered: ["web"],
+                loop: ControlChannelLoop(channel: channel, peer: "agent", heartbeatInterval: 10, heartbeatTimeout: 30))
+        }
+
+        static func isPending(_ session: ProxySession) -> Bool {
+            if case .pending = session.phase { return true }
+            return false
+        }
+
+        /// Why a session that should have failed did (nil if it attached instead).
+        static func failure(of session: ProxySession) async -> SessionFailure? {
+            do {
+                _ = try await session.attached.get()
+                return nil
+            } catch {
+                return error as? SessionFailure
+            }
+        }
+    }
+}
