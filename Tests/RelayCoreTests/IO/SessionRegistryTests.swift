@@ -252,7 +252,7 @@ extension IOTests {
                     session.adopt(data.channel)
                     #expect(session.connections.count == 2)
                     session.kill()
-                    #expect(session.killed)
+                    #expect(session.killed == "killed by operator")
                     for peer in [targetPeer, relayPeer] {
                         let seen = try await Timing.withTimeout(5) { await peer.receive(TestPattern(seed: 0)) }
                         #expect(seen?.end?.isReset == true, "\(String(describing: seen))")
@@ -282,7 +282,7 @@ extension IOTests {
         /// A registered agent's link over `channel` (its loop never runs: nothing is sent here).
         static func link(_ id: String, on channel: any Channel) -> AgentLink {
             AgentLink(
-                id: id, remote: "127.0.0.1:1", services: ["web"], offered: ["web"],
+                id: id, remote: "127.0.0.1:1", services: ["web"], offered: ["web"], provedSecret: nil,
                 loop: ControlChannelLoop(channel: channel, peer: "agent", heartbeatInterval: 10, heartbeatTimeout: 30))
         }
 
