@@ -44,7 +44,7 @@ struct SoakTests {
             let warmSessions = proxy.lines(containing: "session open").count
 
             print(
-                "figure: soak: \(Self.seconds) s, \(Self.loops) client loops, sizes 1 B to \(Self.maximumSize >> 20) MiB; baseline fds proxy \(baseline.descriptors[proxy.name]!), agent \(baseline.descriptors[agent.name]!)"
+                "figure: soak: \(Self.seconds) s, \(Self.loops) client loops, sizes 1 B to \(Self.maximumSize >> 20) MiB (slow kinds \(MixedLoad.slowSizes.lowerBound >> 20)-\(MixedLoad.slowSizes.upperBound >> 20) MiB); baseline fds proxy \(baseline.descriptors[proxy.name]!), agent \(baseline.descriptors[agent.name]!)"
             )
             print("figure: soak    t  sessions  per-s  proxy-RSS  agent-RSS  proxy-fds  agent-fds")
             let progress = MixedLoad.Progress()
@@ -56,7 +56,21 @@ struct SoakTests {
             let elapsed = ContinuousClock.now - start
             sampler.cancel()
             let samples = await sampler.value
-            let results = progress.results.withLock { $0 }
+            var results = progress.results.withLock { $0 }
+            // Where only the target can tell (it finished first, then read), ask it.
+            try await target.waitForAllClosed()
+            for index in results.indices where results[index].kind == .targetFinishesFirst {
+                let result = results[index]
+                guard result.failure == nil, let digest = result.sentDigest else { continue }
+                let read = target.read(offset: result.offset)
+                if read != MixedTarget.Read(count: result.size, digest: digest) {
+                    results[index].failure =
+                        read.map {
+                            "the target read \($0.count) of \(result.size) bytes\($0.count == result.size ? ", corrupt" : "")"
+                        }
+                        ?? "the target recorded no read"
+                }
+            }
 
             // The clients' view: no non-aborted session short or corrupt.
             let aborted = results.filter(\.kind.isAborted)
@@ -79,7 +93,7 @@ struct SoakTests {
             }
             #expect(results.count >= Self.loops * 10, "the load never got going")
             #expect(
-                failures.isEmpty,
+                failures.count == 0,
                 "\(failures.count) of \(results.count) sessions went wrong; first: \(failures.first?.failure ?? "")")
 
             // Both daemons end every session, and are back to their baseline descriptors.
@@ -87,7 +101,6 @@ struct SoakTests {
             print(
                 "figure: soak: after the load: fds proxy \(proxy.openDescriptors) (baseline \(baseline.descriptors[proxy.name]!)), agent \(agent.openDescriptors) (baseline \(baseline.descriptors[agent.name]!))"
             )
-            #expect(target.closedCount == target.acceptedCount, "target connections left open")
 
             // The daemons' view: each session's logged bytes are what its client moved.
             var ledger = SessionLedger(proxy: proxy, agent: agent, skippingFirst: warmSessions)
@@ -95,7 +108,7 @@ struct SoakTests {
             for problem in problems.prefix(10) { print("figure: soak: LOG MISMATCH \(problem)") }
             print("figure: soak: \(ledger.summary)")
             #expect(
-                problems.isEmpty,
+                problems.count == 0,
                 "\(problems.count) sessions logged other bytes than their clients moved; first: \(problems.first ?? "")"
             )
 

@@ -18,6 +18,13 @@ enum MixedLoad {
         case halfClosedDownload
         /// Sends `size` bytes while reading their echo, half-closes after the last one.
         case echo
+        /// Asks for `size` bytes, half-closes at once, and reads them slowly, a little at a
+        /// time: the relay and the agent hold queued bytes for it when the target's FIN comes,
+        /// with the input of the connection they write to already closed.
+        case slowHalfClosedDownload
+        /// The target greets and half-closes first, then reads the `size` bytes the client
+        /// sends slowly: the same, the other way round. The target records what it read.
+        case targetFinishesFirst
         /// A download the client resets (SO_LINGER 0) after part of it arrived.
         case abortedDownload
         /// An echo the client resets after part of it came back.
@@ -28,10 +35,12 @@ enum MixedLoad {
         /// How often each kind is picked, out of the sum of all weights.
         var weight: Int {
             switch self {
-            case .upload: 25
-            case .download: 20
-            case .halfClosedDownload: 20
-            case .echo: 25
+            case .upload: 22
+            case .download: 18
+            case .halfClosedDownload: 18
+            case .echo: 22
+            case .slowHalfClosedDownload: 5
+            case .targetFinishesFirst: 5
             case .abortedDownload: 5
             case .abortedEcho: 5
             }
@@ -58,8 +67,12 @@ enum MixedLoad {
         var size: Int
         /// The client's local port: the relay logs it as `client=127.0.0.1:PORT` in `session open`.
         var port: Int
+        /// The SHA-256 of what the client sent, when only the target can check it (``Kind/targetFinishesFirst``).
+        var sentDigest: String?
         /// When the client was connected (orders sessions that reused a port).
         var connectedAt: ContinuousClock.Instant
+        /// The session's offset into the pattern, unique to it: the target's key for what it read.
+        var offset = 0
         var sent = 0
         var received = 0
         /// Why the session is not right, or nil; an aborted session is right when it was aborted.
@@ -75,6 +88,7 @@ enum MixedLoad {
             case upload = 0x55  // U
             case download = 0x44  // D
             case echo = 0x45  // E
+            case greetThenRead = 0x47  // G
         }
 
         var command: Command
@@ -150,21 +164,49 @@ enum MixedLoad {
     }
 
     static let chunk = 64 * 1024
+    /// A slow reader (client or target) reads this much at a time, with a pause between reads.
+    static let slowRead = 16 * 1024
+    static let slowPause = Duration.milliseconds(1)
+    /// A slow reader's socket receive buffer: small, so that little of the stream waits in the kernel.
+    static let slowBuffer = 16 * 1024
+    /// The sizes of the slow kinds: enough to fill every buffer on the way, small enough to be quick.
+    static let slowSizes = (4 << 20)...(8 << 20)
+
+    /// Like ``TestClient/connect(port:host:)``, with the socket's receive buffer set before it connects.
+    static func connect(port: Int, receiveBuffer: Int) async throws -> TestClient.Connection {
+        try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .channelOption(.allowRemoteHalfClosure, value: true)
+            .channelOption(.socketOption(.so_rcvbuf), value: SocketOptionValue(receiveBuffer))
+            .channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: Self.slowRead))
+            .connect(host: "127.0.0.1", port: port) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try TestClient.Connection(
+                        wrappingChannelSynchronously: channel,
+                        configuration: .init(isOutboundHalfClosureEnabled: true)
+                    )
+                }
+            }
+    }
 
     /// Runs one session of `kind` against the relay's `port`; never throws: an error is the
     /// result's `failure` (unless the session was meant to be aborted).
     static func session(kind: Kind, size: Int, port: Int) async -> Result {
         var generator = SystemRandomNumberGenerator()
-        let offset = Int.random(in: 0..<TestData.block.count, using: &generator)
+        // Far larger than the pattern, so that it also names the session at the target.
+        let offset = Int.random(in: 0..<(1 << 60), using: &generator)
         let connection: TestClient.Connection
         do {
-            connection = try await TestClient.connect(port: port)
+            connection =
+                kind == .slowHalfClosedDownload
+                ? try await Self.connect(port: port, receiveBuffer: Self.slowBuffer)
+                : try await TestClient.connect(port: port)
         } catch {
             return Result(
                 kind: kind, size: size, port: 0, connectedAt: .now, failure: "cannot connect: \(error)")
         }
         var result = Result(
-            kind: kind, size: size, port: connection.channel.localAddress?.port ?? 0, connectedAt: .now)
+            kind: kind, size: size, port: connection.channel.localAddress?.port ?? 0, connectedAt: .now,
+            offset: offset)
         // Aborted sessions reset after a random part of the reply, never before the first byte
         // (so the relay has joined the session by then).
         let abortAfter = kind.isAborted ? Int.random(in: 1..<max(2, size), using: &generator) : Int.max
@@ -194,12 +236,39 @@ enum MixedLoad {
                     if reply != expected {
                         outcome.fail("target saw \(reply.debugDescription), expected \(expected.debugDescription)")
                     }
-                case .download, .halfClosedDownload, .abortedDownload:
+                case .targetFinishesFirst:
+                    try await outbound.write(Header(command: .greetThenRead, size: size, offset: offset).buffer)
+                    outcome.sent.add(Header.length, ordering: .relaxed)
+                    var greeting = ""
+                    for try await chunk in inbound {
+                        outcome.received.add(chunk.readableBytes, ordering: .relaxed)
+                        greeting += String(buffer: chunk)
+                    }
+                    if greeting != MixedTarget.greeting {
+                        outcome.fail(
+                            "greeting \(greeting.debugDescription), expected \(MixedTarget.greeting.debugDescription)")
+                    }
+                    var digest = Digest()
+                    var written = 0
+                    while written < size {
+                        let slice = TestData.slice(offset: offset + written, length: min(Self.chunk, size - written))
+                        digest.update(slice)
+                        written += slice.readableBytes
+                        try await outbound.write(slice)
+                        outcome.sent.add(slice.readableBytes, ordering: .relaxed)
+                    }
+                    // The client's input is closed already, so NIO turns its half-close into a
+                    // full close, which drops writes still queued: wait until they are out.
+                    try await connection.channel.writeAndFlush(ByteBuffer())
+                    outbound.finish()
+                    outcome.setDigest(digest.hex())
+                case .download, .halfClosedDownload, .slowHalfClosedDownload, .abortedDownload:
                     try await outbound.write(Header(command: .download, size: size, offset: offset).buffer)
                     outcome.sent.add(Header.length, ordering: .relaxed)
-                    if kind == .halfClosedDownload { outbound.finish() }
+                    if kind == .halfClosedDownload || kind == .slowHalfClosedDownload { outbound.finish() }
                     var check = PatternCheck(offset: offset)
                     for try await chunk in inbound {
+                        if kind == .slowHalfClosedDownload { try await Task.sleep(for: Self.slowPause) }
                         check.check(chunk)
                         outcome.received.add(chunk.readableBytes, ordering: .relaxed)
                         if check.count >= abortAfter {
@@ -252,6 +321,7 @@ enum MixedLoad {
             outcome.fail("meant to be aborted after \(abortAfter) bytes, but ended first")
         }
         result.failure = outcome.failure
+        result.sentDigest = outcome.digest
         return result
     }
 
@@ -266,6 +336,9 @@ enum MixedLoad {
         var wasAborted: Bool { self.abortedFlag.load(ordering: .relaxed) }
         func fail(_ why: String) { self.problem.withLock { $0 = $0 ?? why } }
         var failure: String? { self.problem.withLock { $0 } }
+        private let digestStore = Mutex<String?>(nil)
+        func setDigest(_ hex: String) { self.digestStore.withLock { $0 = hex } }
+        var digest: String? { self.digestStore.withLock { $0 } }
     }
 
     /// Sessions finished so far, and their results.
@@ -290,6 +363,9 @@ enum MixedLoad {
                         var size = Self.randomSize(maximum: maximumSize, using: &generator)
                         // An aborted session needs something to be cut short.
                         if kind.isAborted { size = max(size, 64 * 1024) }
+                        if kind == .slowHalfClosedDownload || kind == .targetFinishesFirst {
+                            size = Int.random(in: Self.slowSizes, using: &generator)
+                        }
                         let result = await Self.session(kind: kind, size: size, port: port)
                         progress.results.withLock { $0.append(result) }
                         progress.completed.add(1, ordering: .relaxed)
@@ -301,9 +377,19 @@ enum MixedLoad {
 }
 
 /// The target of a mixed load: reads a ``MixedLoad/Header`` and then uploads' digest,
-/// downloads' bytes (honouring writability) or an echo, as the header says.
+/// downloads' bytes (honouring writability), an echo, or a greeting and a half-close
+/// followed by a slow read whose digest it records, as the header says.
 final class MixedTarget: Sendable {
+    static let greeting = "ready\n"
+
+    /// What a greet-then-read connection read: its byte count and SHA-256.
+    struct Read: Sendable, Equatable {
+        var count: Int
+        var digest: String
+    }
+
     let channel: any Channel
+    private let counters: Counters
     var port: Int { self.channel.localAddress!.port! }
 
     private init(channel: any Channel, counters: Counters) {
@@ -311,15 +397,18 @@ final class MixedTarget: Sendable {
         self.counters = counters
     }
 
-    private final class Counters: Sendable {
+    final class Counters: Sendable {
         let accepted = Atomic<Int>(0)
         let closed = Atomic<Int>(0)
+        /// By the header's offset, which names the session.
+        let reads = Mutex<[Int: Read]>([:])
     }
-
-    private let counters: Counters
 
     var acceptedCount: Int { self.counters.accepted.load(ordering: .relaxed) }
     var closedCount: Int { self.counters.closed.load(ordering: .relaxed) }
+
+    /// What the greet-then-read session with this `offset` read, once it ended.
+    func read(offset: Int) -> Read? { self.counters.reads.withLock { $0[offset] } }
 
     static func start() async throws -> MixedTarget {
         let counters = Counters()
@@ -331,11 +420,22 @@ final class MixedTarget: Sendable {
                 channel.eventLoop.makeCompletedFuture {
                     counters.accepted.add(1, ordering: .relaxed)
                     channel.closeFuture.whenComplete { _ in counters.closed.add(1, ordering: .relaxed) }
-                    try channel.pipeline.syncOperations.addHandler(MixedTargetHandler())
+                    try channel.pipeline.syncOperations.addHandler(MixedTargetHandler(counters: counters))
                 }
             }
             .bind(host: "127.0.0.1", port: 0).get()
         return MixedTarget(channel: channel, counters: counters)
+    }
+
+    /// Waits until every connection the target accepted has closed.
+    func waitForAllClosed(timeout: Duration = .seconds(10)) async throws {
+        let deadline = ContinuousClock.now + timeout
+        while self.closedCount < self.acceptedCount {
+            guard ContinuousClock.now < deadline else {
+                throw HarnessError("the target still has \(self.acceptedCount - self.closedCount) connections open")
+            }
+            try await Task.sleep(for: .milliseconds(10))
+        }
     }
 
     func close() async {
@@ -347,12 +447,19 @@ private final class MixedTargetHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
+    private let counters: MixedTarget.Counters
     private var pending = ByteBuffer()
     private var header: MixedLoad.Header?
     private var digest = Digest()
     private var received = 0
     private var sent = 0
     private var finished = false
+    private var failed = false
+    private var reader: RepeatedTask?
+
+    init(counters: MixedTarget.Counters) {
+        self.counters = counters
+    }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var buffer = self.unwrapInboundIn(data)
@@ -365,11 +472,15 @@ private final class MixedTargetHandler: ChannelInboundHandler {
             self.header = header
             buffer = self.pending
             self.pending = ByteBuffer()
-            if header.command == .download { self.sendMore(context: context) }
+            switch header.command {
+            case .download: self.sendMore(context: context)
+            case .greetThenRead: self.greetThenReadSlowly(context: context)
+            case .upload, .echo: break
+            }
         }
         guard let header = self.header, buffer.readableBytes > 0 else { return }
         switch header.command {
-        case .upload:
+        case .upload, .greetThenRead:
             self.digest.update(buffer)
             self.received += buffer.readableBytes
         case .echo:
@@ -400,13 +511,48 @@ private final class MixedTargetHandler: ChannelInboundHandler {
         case .echo:
             // Everything is echoed; its input closed, the channel may close once the echo is out.
             self.finishWith(ByteBuffer(), context: context)
+        case .greetThenRead:
+            self.record()
+            context.close(promise: nil)
         case .download:
             break  // half-closed first: keep sending
         }
     }
 
+    /// Its output already shut, NIO may end a greet-then-read channel at the peer's FIN
+    /// without `inputClosed` first.
+    func channelInactive(context: ChannelHandlerContext) {
+        self.reader?.cancel()
+        if self.header?.command == .greetThenRead { self.record() }
+        context.fireChannelInactive()
+    }
+
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        self.failed = true
         context.close(promise: nil)
+    }
+
+    /// Greets, half-closes, and from then on reads a little at a time, on a timer.
+    private func greetThenReadSlowly(context: ChannelHandlerContext) {
+        context.writeAndFlush(self.wrapOutboundOut(ByteBuffer(string: MixedTarget.greeting)), promise: nil)
+        context.close(mode: .output, promise: nil)
+        let options = context.channel.syncOptions
+        try? options?.setOption(ChannelOptions.autoRead, value: false)
+        try? options?.setOption(
+            ChannelOptions.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: MixedLoad.slowRead))
+        let pause = MixedLoad.slowPause.components
+        let interval = TimeAmount.nanoseconds(pause.seconds * 1_000_000_000 + pause.attoseconds / 1_000_000_000)
+        let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        self.reader = context.eventLoop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { _ in
+            loopBound.value.read()
+        }
+    }
+
+    private func record() {
+        guard let header = self.header, !self.finished, !self.failed else { return }
+        self.finished = true
+        let read = MixedTarget.Read(count: self.received, digest: self.digest.hex())
+        self.counters.reads.withLock { $0[header.offset] = read }
     }
 
     private func sendMore(context: ChannelHandlerContext) {
