@@ -1,0 +1,223 @@
+import Foundation
+import NIOCore
+import RelayCore
+import Testing
+
+/// SIGTERM with live sessions, at either daemon: it stops taking new sessions at once, lets
+/// the live ones finish intact within `drainTimeoutSeconds` and exits 0 as soon as they are
+/// done; a session still live when the drain ends is reset, and the exit is still 0, right
+/// after the drain.
+@Suite(.serialized, .timeLimit(.minutes(2)))
+struct GracefulStopTests {
+    /// Each live transfer's size, and how much of it has moved before the signal.
+    static let size = 32 << 20
+    static let heldAfter = 1 << 20
+    /// The drain of the tests whose sessions all finish: long enough never to be reached.
+    static let longDrain = 30
+    /// The drain of the tests with a session that never finishes.
+    static let shortDrain = 2
+    /// How soon after its last session (or after the drain) a daemon must have exited.
+    static let exitBound = Duration.seconds(3)
+
+    @Test func proxyDrainsLiveSessionsThenExitsZero() async throws {
+        let target = try await MixedTarget.start()
+        defer { Task { await target.close() } }
+        try await withFixture(
+            agents: [.init(id: "office", secret: "s3cret")], services: [.init(name: "mixed", agent: "office")],
+            proxyOptions: ["drainTimeoutSeconds": Self.longDrain]
+        ) { relay in
+            let proxy = try await relay.startProxy()
+            try await relay.startAgent(id: "office", services: ["mixed": target.port])
+            let port = relay.servicePort("mixed")
+            let transfers = try await Self.startTransfers(port: port)
+
+            let signalled = ContinuousClock.now
+            proxy.signal(SIGTERM)
+            try await proxy.waitForLine(containing: "shutting down: no longer accepting", "sessions=\(transfers.count)")
+            let stopped = ContinuousClock.now - signalled
+            // Nothing accepts any more: neither a service nor the agent port.
+            try await Self.expectRefused(port: port, "the service listener")
+            try await Self.expectRefused(port: relay.agentPort, "the agent port")
+            #expect(proxy.isRunning, "the relay waits for its live sessions")
+
+            let outcomes = await Self.finish(transfers)
+            let lastEnd = outcomes.map(\.endedAt).max()!
+            let exited = try await Self.exitInstant(of: proxy, timeout: .seconds(10))
+            let status = try await proxy.waitForExit()
+            print(
+                "figure: relay-proxy SIGTERM: stopped accepting \(Self.ms(stopped)) after the signal; \(transfers.count) live transfers of \(Self.size >> 20) MiB completed intact; exit \(status) \(Self.ms(exited - lastEnd)) after the last one ended (\(Self.ms(exited - signalled)) after the signal)"
+            )
+            #expect(proxy.process.terminationReason == .exit && status == 0)
+            #expect(exited - lastEnd < Self.exitBound, "the relay lingered after its last session")
+            #expect(proxy.lines(containing: "all sessions drained").count == 1)
+            #expect(proxy.lines(containing: "closing a session still live at shutdown").isEmpty)
+            #expect(
+                proxy.lines(containing: "session closed", "reason=\"closed by both ends\"").count == transfers.count,
+                "log:\n\(proxy.lines(containing: "session closed").joined(separator: "\n"))")
+        }
+    }
+
+    @Test func proxyResetsASessionStillLiveWhenTheDrainEnds() async throws {
+        let target = try await MixedTarget.start()
+        defer { Task { await target.close() } }
+        try await withFixture(
+            agents: [.init(id: "office", secret: "s3cret")], services: [.init(name: "mixed", agent: "office")],
+            proxyOptions: ["drainTimeoutSeconds": Self.shortDrain]
+        ) { relay in
+            let proxy = try await relay.startProxy()
+            try await relay.startAgent(id: "office", services: ["mixed": target.port])
+            let port = relay.servicePort("mixed")
+            let finishing = try await HeldTransfer.start(
+                .download, size: Self.size, heldAfter: Self.heldAfter, servicePort: port)
+            let stuck = try await HeldTransfer.start(.echo, size: 1 << 20, heldAfter: 64 << 10, servicePort: port)
+
+            let signalled = ContinuousClock.now
+            proxy.signal(SIGTERM)
+            try await proxy.waitForLine(containing: "shutting down: no longer accepting", "sessions=2")
+            try await Self.expectRefused(port: port, "the service listener")
+            let finished = await finishing.finish()
+            #expect(finished.failure == nil, "the transfer that ends within the drain: \(finished.failure ?? "")")
+            #expect(proxy.isRunning, "one session is still live")
+
+            let exited = try await Self.exitInstant(of: proxy, timeout: .seconds(Self.shortDrain) + .seconds(10))
+            let status = try await proxy.waitForExit()
+            let cut = await stuck.finish()
+            print(
+                "figure: relay-proxy SIGTERM, drainTimeoutSeconds=\(Self.shortDrain): the live session was reset and the relay exited \(status) \(Self.ms(exited - signalled)) after the signal; the client saw: \(cut.error ?? "no error") after \(cut.received) of \(1 << 20) bytes"
+            )
+            #expect(proxy.process.terminationReason == .exit && status == 0)
+            #expect(exited - signalled >= .seconds(Self.shortDrain), "the relay did not wait for the drain")
+            #expect(exited - signalled < .seconds(Self.shortDrain) + Self.exitBound, "the relay overran its drain")
+            #expect(cut.error != nil, "the session cut at the end of the drain must end in a reset, not a clean end")
+            #expect(cut.received < 1 << 20)
+            #expect(proxy.lines(containing: "closing a session still live at shutdown").count == 1)
+            #expect(proxy.lines(containing: "all sessions drained").isEmpty)
+        }
+    }
+
+    @Test func agentDrainsLiveSessionsThenExitsZero() async throws {
+        let target = try await MixedTarget.start()
+        defer { Task { await target.close() } }
+        try await withFixture(
+            agents: [.init(id: "office", secret: "s3cret")], services: [.init(name: "mixed", agent: "office")]
+        ) { relay in
+            let proxy = try await relay.startProxy()
+            let agent = try await relay.startAgent(
+                id: "office", services: ["mixed": target.port], options: ["drainTimeoutSeconds": Self.longDrain])
+            let port = relay.servicePort("mixed")
+            let transfers = try await Self.startTransfers(port: port)
+
+            let signalled = ContinuousClock.now
+            agent.signal(SIGTERM)
+            try await agent.waitForLine(containing: "shutting down", "sessions=\(transfers.count)")
+            try await proxy.waitForLine(containing: "agent disconnected", "agent=office")
+            let stopped = ContinuousClock.now - signalled
+            // New sessions are refused: the relay has no agent for the service any more and
+            // closes a new client at once; the target never hears of it.
+            let accepted = target.acceptedCount
+            let closedIn = try await TestClient.timeUntilClosed(port: port, limit: .seconds(2))
+            try await proxy.waitForLine(containing: "client refused: no agent connected")
+            #expect(target.acceptedCount == accepted)
+            #expect(agent.isRunning, "the agent waits for its live sessions")
+
+            let outcomes = await Self.finish(transfers)
+            let lastEnd = outcomes.map(\.endedAt).max()!
+            let exited = try await Self.exitInstant(of: agent, timeout: .seconds(10))
+            let status = try await agent.waitForExit()
+            print(
+                "figure: relay-agent SIGTERM: off the relay \(Self.ms(stopped)) after the signal, a new client closed in \(Self.ms(closedIn)); \(transfers.count) live transfers of \(Self.size >> 20) MiB completed intact; exit \(status) \(Self.ms(exited - lastEnd)) after the last one ended (\(Self.ms(exited - signalled)) after the signal)"
+            )
+            #expect(agent.process.terminationReason == .exit && status == 0)
+            #expect(exited - lastEnd < Self.exitBound, "the agent lingered after its last session")
+            #expect(agent.lines(containing: "all sessions drained").count == 1)
+            #expect(agent.lines(containing: "registered with relay").count == 1, "a stopping agent must not reconnect")
+            #expect(
+                agent.lines(containing: "session closed", "reason=\"closed by both ends\"").count == transfers.count,
+                "log:\n\(agent.lines(containing: "session closed").joined(separator: "\n"))")
+            #expect(
+                proxy.lines(containing: "session closed", "reason=\"closed by both ends\"").count == transfers.count)
+        }
+    }
+
+    @Test func agentResetsASessionStillLiveWhenTheDrainEnds() async throws {
+        let target = try await MixedTarget.start()
+        defer { Task { await target.close() } }
+        try await withFixture(
+            agents: [.init(id: "office", secret: "s3cret")], services: [.init(name: "mixed", agent: "office")]
+        ) { relay in
+            let proxy = try await relay.startProxy()
+            let agent = try await relay.startAgent(
+                id: "office", services: ["mixed": target.port], options: ["drainTimeoutSeconds": Self.shortDrain])
+            let port = relay.servicePort("mixed")
+            let baseline = proxy.openDescriptors
+            let finishing = try await HeldTransfer.start(
+                .upload, size: Self.size, heldAfter: Self.heldAfter, servicePort: port)
+            let stuck = try await HeldTransfer.start(.echo, size: 1 << 20, heldAfter: 64 << 10, servicePort: port)
+
+            let signalled = ContinuousClock.now
+            agent.signal(SIGTERM)
+            try await agent.waitForLine(containing: "shutting down", "sessions=2")
+            let finished = await finishing.finish()
+            #expect(finished.failure == nil, "the transfer that ends within the drain: \(finished.failure ?? "")")
+            #expect(agent.isRunning, "one session is still live")
+
+            let exited = try await Self.exitInstant(of: agent, timeout: .seconds(Self.shortDrain) + .seconds(10))
+            let status = try await agent.waitForExit()
+            let cut = await stuck.finish()
+            print(
+                "figure: relay-agent SIGTERM, drainTimeoutSeconds=\(Self.shortDrain): the live session was reset and the agent exited \(status) \(Self.ms(exited - signalled)) after the signal; the client saw: \(cut.error ?? "no error") after \(cut.received) of \(1 << 20) bytes"
+            )
+            #expect(agent.process.terminationReason == .exit && status == 0)
+            #expect(exited - signalled >= .seconds(Self.shortDrain), "the agent did not wait for the drain")
+            #expect(exited - signalled < .seconds(Self.shortDrain) + Self.exitBound, "the agent overran its drain")
+            #expect(cut.error != nil, "the session cut at the end of the drain must end in a reset, not a clean end")
+            #expect(agent.lines(containing: "closing a session still live at shutdown").count == 1)
+            // The reset went on through the relay, which ended the session and kept nothing of it.
+            try await proxy.waitForLine(containing: "session closed", "reason=\"agent side:")
+            try await proxy.waitForDescriptors(atMost: baseline)
+        }
+    }
+
+    /// A download, an upload and an echo, each with its first MiB moved, then held.
+    static func startTransfers(port: Int) async throws -> [HeldTransfer] {
+        var transfers: [HeldTransfer] = []
+        for kind in [HeldTransfer.Kind.download, .upload, .echo] {
+            transfers.append(
+                try await HeldTransfer.start(kind, size: Self.size, heldAfter: Self.heldAfter, servicePort: port))
+        }
+        return transfers
+    }
+
+    /// Releases every transfer at once and expects each to complete intact.
+    static func finish(_ transfers: [HeldTransfer]) async -> [HeldTransfer.Outcome] {
+        for transfer in transfers { transfer.release() }
+        var outcomes: [HeldTransfer.Outcome] = []
+        for transfer in transfers {
+            let outcome = await transfer.finish()
+            #expect(outcome.failure == nil, "\(transfer.kind) of \(transfer.size) bytes: \(outcome.failure ?? "")")
+            outcomes.append(outcome)
+        }
+        return outcomes
+    }
+
+    /// Expects `port` to refuse a connection (nothing listens on it).
+    static func expectRefused(port: Int, _ what: String) async throws {
+        guard let connection = try? await TestClient.connect(port: port) else { return }
+        try? await connection.executeThenClose { _, _ in }
+        Issue.record("\(what) (port \(port)) still accepts connections")
+    }
+
+    /// Waits for the process to end and returns when it was seen to (within 5 ms).
+    static func exitInstant(of daemon: DaemonProcess, timeout: Duration) async throws -> ContinuousClock.Instant {
+        let deadline = ContinuousClock.now + timeout
+        while daemon.isRunning {
+            guard ContinuousClock.now < deadline else {
+                throw HarnessError("\(daemon.name) did not exit within \(timeout)")
+            }
+            try await Task.sleep(for: .milliseconds(5))
+        }
+        return ContinuousClock.now
+    }
+
+    static func ms(_ duration: Duration) -> String { String(format: "%.0f ms", duration.inSeconds * 1000) }
+}
