@@ -207,16 +207,13 @@ struct GracefulStopTests {
         Issue.record("\(what) (port \(port)) still accepts connections")
     }
 
-    /// Waits for the process to end and returns when it was seen to (within 5 ms).
+    /// Waits for the process to end and returns when it did (its exit wakes the wait).
     static func exitInstant(of daemon: DaemonProcess, timeout: Duration) async throws -> ContinuousClock.Instant {
-        let deadline = ContinuousClock.now + timeout
-        while daemon.isRunning {
-            guard ContinuousClock.now < deadline else {
-                throw HarnessError("\(daemon.name) did not exit within \(timeout)")
-            }
-            try await Task.sleep(for: .milliseconds(5))
-        }
-        return ContinuousClock.now
+        guard
+            let exited = await daemon.changes.wait(
+                timeout: timeout, until: { daemon.isRunning ? nil : ContinuousClock.now })
+        else { throw HarnessError("\(daemon.name) did not exit within \(timeout)") }
+        return exited
     }
 
     static func ms(_ duration: Duration) -> String { String(format: "%.0f ms", duration.inSeconds * 1000) }

@@ -16,6 +16,8 @@ struct ReloadUnderLoadTests {
     static let rate = 192 << 10
     static let oldSecret = "old secret, about to be rotated"
     static let newSecret = "the new secret, in force after the reloads"
+    /// How long the relay accepts the old secret after its reload (covering the agent's reload).
+    static let grace = 60
 
     init() { DaemonSupport.raiseDescriptorLimit() }
 
@@ -25,6 +27,7 @@ struct ReloadUnderLoadTests {
         try await withFixture(
             agents: [.init(id: "office", secret: Self.oldSecret)],
             services: [.init(name: "kept", agent: "office"), .init(name: "gone", agent: "office")],
+            proxyOptions: ["secretRotationGraceSeconds": Self.grace]
         ) { relay in
             let proxy = try await relay.startProxy()
             let agent = try await relay.startAgent(
@@ -59,6 +62,7 @@ struct ReloadUnderLoadTests {
             for stream in streams { stream.release() }
             onGone.release()
             let released = ContinuousClock.now
+            let connectionsLost = agent.lines(containing: "relay connection lost").count
 
             var proxyConfig = try Self.read(relay.directory + "/proxy.json")
             proxyConfig["agents"] = [["id": "office", "secret": Self.newSecret]]
@@ -72,10 +76,19 @@ struct ReloadUnderLoadTests {
             let proxyReloaded = ContinuousClock.now
             let changes = proxyReload.changes.joined(separator: "; ")
             #expect(proxyReload.applied, "relay-proxy refused the reload: \(proxyReload.problems)")
-            #expect(
-                changes.contains("service 'gone' removed") && changes.contains("service 'added' added"), "\(changes)")
+            #expect(changes.contains("service 'gone' removed (1 live session drains)"), "\(changes)")
+            #expect(changes.contains("service 'added' added"), "\(changes)")
+            #expect(changes.contains("agent 'office' secret rotated (the old one is accepted for"), "\(changes)")
             let addedLine = try await proxy.waitForLine(containing: "listening", "service=added")
             let addedPort = RelayFixture.port(in: addedLine)
+
+            // Between the two reloads the agent, still on its old secret, keeps its control
+            // channel and serves new sessions: the rotation window.
+            let between = await MixedLoad.session(kind: .echo, size: 100_000, port: keptPort)
+            #expect(between.failure == nil, "a session between the reloads: \(between.failure ?? "")")
+            #expect(
+                agent.lines(containing: "relay connection lost").count == connectionsLost,
+                "the relay dropped the agent at its reload: \(agent.lines(containing: "relay connection lost"))")
 
             var agentConfig = try Self.read(relay.directory + "/agent-office.json")
             agentConfig["secret"] = Self.newSecret
@@ -86,6 +99,10 @@ struct ReloadUnderLoadTests {
             _ = try relay.write(agentConfig, to: "agent-office.json")
             let agentReload = try await Self.reload(socket: relay.directory + "/agent-office.sock")
             #expect(agentReload.applied, "relay-agent refused the reload: \(agentReload.problems)")
+            let agentChanges = agentReload.changes.joined(separator: "; ")
+            #expect(
+                agentChanges.contains("secret rotated") && agentChanges.contains("service 'gone' removed"),
+                "\(agentChanges)")
             // Registered anew with the reloaded config: its new services, under its new secret.
             try await agent.waitForLine(containing: "registered with relay", "services=kept,added")
             let agentReloaded = ContinuousClock.now
@@ -93,7 +110,7 @@ struct ReloadUnderLoadTests {
                 "figure: reload under load: relay-proxy reloaded \(Self.ms(proxyReloaded - released)) after the streams resumed (\(proxyReload.took.map(Self.ms) ?? "?")): \(changes)"
             )
             print(
-                "figure: reload under load: relay-agent reloaded and registered again \(Self.ms(agentReloaded - released)) after the streams resumed: \(agentReload.changes.joined(separator: "; "))"
+                "figure: reload under load: relay-agent reloaded and registered again \(Self.ms(agentReloaded - released)) after the streams resumed: \(agentChanges)"
             )
 
             // The new service carries a session; the removed one's listener refuses.
@@ -126,7 +143,7 @@ struct ReloadUnderLoadTests {
             #expect(try await Self.liveSessions(socket: relay.directory + "/proxy.sock") == 0)
             #expect(try await Self.liveSessions(socket: relay.directory + "/agent-office.sock") == 0)
             #expect(
-                proxy.lines(containing: "session closed", "reason=\"closed by both ends\"").count == Self.streams + 2)
+                proxy.lines(containing: "session closed", "reason=\"closed by both ends\"").count == Self.streams + 3)
 
             // The new secret is the one in use: a relay that knows only it still takes the agent.
             let beforeRestart = agent.lines(containing: "registered with relay").count
