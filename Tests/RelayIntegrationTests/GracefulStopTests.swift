@@ -36,8 +36,8 @@ struct GracefulStopTests {
             try await proxy.waitForLine(containing: "shutting down: no longer accepting", "sessions=\(transfers.count)")
             let stopped = ContinuousClock.now - signalled
             // Nothing accepts any more: neither a service nor the agent port.
-            try await Self.expectRefused(port: port, "the service listener")
-            try await Self.expectRefused(port: relay.agentPort, "the agent port")
+            let taken = try await Self.expectStopsAccepting(port: port, "the service listener", closedByRelay: true)
+            try await Self.expectStopsAccepting(port: relay.agentPort, "the agent port", closedByRelay: false)
             #expect(proxy.isRunning, "the relay waits for its live sessions")
 
             let outcomes = await Self.finish(transfers)
@@ -45,7 +45,7 @@ struct GracefulStopTests {
             let exited = try await Self.exitInstant(of: proxy, timeout: .seconds(10))
             let status = try await proxy.waitForExit()
             print(
-                "figure: relay-proxy SIGTERM: stopped accepting \(Self.ms(stopped)) after the signal; \(transfers.count) live transfers of \(Self.size >> 20) MiB completed intact; exit \(status) \(Self.ms(exited - lastEnd)) after the last one ended (\(Self.ms(exited - signalled)) after the signal)"
+                "figure: relay-proxy SIGTERM: stopped accepting \(Self.ms(stopped)) after the signal (\(taken) client(s) still taken in that moment, closed at once); \(transfers.count) live transfers of \(Self.size >> 20) MiB completed intact; exit \(status) \(Self.ms(exited - lastEnd)) after the last one ended (\(Self.ms(exited - signalled)) after the signal)"
             )
             #expect(proxy.process.terminationReason == .exit && status == 0)
             #expect(exited - lastEnd < Self.exitBound, "the relay lingered after its last session")
@@ -74,7 +74,7 @@ struct GracefulStopTests {
             let signalled = ContinuousClock.now
             proxy.signal(SIGTERM)
             try await proxy.waitForLine(containing: "shutting down: no longer accepting", "sessions=2")
-            try await Self.expectRefused(port: port, "the service listener")
+            try await Self.expectStopsAccepting(port: port, "the service listener", closedByRelay: true)
             let finished = await finishing.finish()
             #expect(finished.failure == nil, "the transfer that ends within the drain: \(finished.failure ?? "")")
             #expect(proxy.isRunning, "one session is still live")
@@ -200,11 +200,48 @@ struct GracefulStopTests {
         return outcomes
     }
 
-    /// Expects `port` to refuse a connection (nothing listens on it).
-    static func expectRefused(port: Int, _ what: String) async throws {
-        guard let connection = try? await TestClient.connect(port: port) else { return }
-        try? await connection.executeThenClose { _, _ in }
-        Issue.record("\(what) (port \(port)) still accepts connections")
+    /// Connects to `port` until a connection is refused (its listener is closed), which must
+    /// happen within a second. The listener closes just after the daemon logs that it stops
+    /// accepting, so a connection may still be taken in that moment; the relay must then close
+    /// a service's client at once (`closedByRelay`), without a byte. Returns how many were taken.
+    @discardableResult
+    static func expectStopsAccepting(port: Int, _ what: String, closedByRelay: Bool) async throws -> Int {
+        let deadline = ContinuousClock.now + .seconds(1)
+        var accepted = 0
+        while ContinuousClock.now < deadline {
+            guard let connection = try? await TestClient.connect(port: port) else { return accepted }
+            accepted += 1
+            guard closedByRelay else {
+                try? await connection.executeThenClose { _, _ in }
+                continue
+            }
+            let received = try await connection.executeThenClose { inbound, _ in
+                try await withThrowingTaskGroup(of: Int?.self) { group in
+                    group.addTask {
+                        var count = 0
+                        do {
+                            for try await chunk in inbound { count += chunk.readableBytes }
+                        } catch {}
+                        return count
+                    }
+                    group.addTask {
+                        try await Task.sleep(for: .seconds(1))
+                        connection.channel.close(promise: nil)
+                        return nil
+                    }
+                    let first = try await group.next()!
+                    group.cancelAll()
+                    return first
+                }
+            }
+            if received != 0 {
+                Issue.record(
+                    "\(what): a client taken after the signal was \(received == nil ? "left open" : "sent \(received!) bytes")"
+                )
+            }
+        }
+        Issue.record("\(what) (port \(port)) still accepts connections a second after the daemon stopped accepting")
+        return accepted
     }
 
     /// Waits for the process to end and returns when it did (its exit wakes the wait).
