@@ -270,12 +270,13 @@ public final class ProxyServer: Service, Sendable {
         let graceful = (try? await gracefulShutdown()) != nil
         self.hooks.stopping()
         let drainTimeout = self.state.config.drainTimeout
+        self.reloads.finish()
+        // Closed before the log says so: a client that connects after the line is refused.
+        for listener in self.listeners.withLock({ $0.values.flatMap { $0 } }) { try? await listener.channel.close() }
         let live = self.state.sessions.count
         self.logger.info(
             "shutting down: no longer accepting",
             metadata: ["sessions": "\(live)", "drainTimeoutSeconds": "\(drainTimeout)"])
-        self.reloads.finish()
-        for listener in self.listeners.withLock({ $0.values.flatMap { $0 } }) { listener.channel.close(promise: nil) }
         for agent in self.state.agents { agent.close(.shuttingDown, "the relay is shutting down") }
         for session in self.state.sessions { session.fail(.shuttingDown) }
         if graceful, live > 0, await self.state.waitForNoSessions(timeout: .seconds(drainTimeout)) {

@@ -108,6 +108,9 @@ struct TransferTests {
                 for try await chunk in inbound { received += String(buffer: chunk) }
                 // The relay passed the target's FIN on; the client's direction is still open.
                 try await outbound.write(upload)
+                // The target half-closed first: NIO would turn this FIN into a full close that drops
+                // writes still queued, so wait until they reached the socket.
+                try await connection.channel.writeAndFlush(ByteBuffer())
                 outbound.finish()
                 return received
             }
