@@ -24,12 +24,14 @@ public struct AsyncChannelPump: SessionPump {
             first.channel.abort()
             second.channel.abort()
         }
-        // A connection that closes while bytes may still be written to it (a reset after its
-        // peer's half-close, when nothing reads it any more) fails the session.
+        // A connection that closes after its peer's half-close (a reset then), while bytes may
+        // still be written to it, fails the session: nothing reads it any more to notice. While
+        // a direction still reads it, that read fails with the precise reason instead.
         for (endpoint, side) in [(first, PumpOutcome.Endpoint.first), (second, .second)] {
             endpoint.channel.closeFuture.whenComplete { _ in
+                let readsDone = side == .first ? meter.forwardFinished : meter.backwardFinished
                 let writesDone = side == .first ? meter.backwardFinished : meter.forwardFinished
-                if !writesDone { fail(.failed(endpoint: side, reason: "connection closed")) }
+                if readsDone && !writesDone { fail(.failed(endpoint: side, reason: "connection closed")) }
             }
         }
         await withTaskGroup(of: PumpOutcome?.self) { group in

@@ -57,7 +57,9 @@ struct TransferTests {
                 return (count, digest.hex())
             }
             #expect(count == Self.bulk)
-            #expect(target.stats.sourceDigests.withLock { $0 } == [received])
+            #expect(
+                target.stats.sourceDigests.withLock { $0 } == [received],
+                "one client, one target connection; the relay saw: \(relay.proxy.lines(containing: "session open"))")
             try await relay.proxy.waitForLine(containing: "session closed", "bytesOut=\(Self.bulk)")
             try await relay.expectNothingLeftOpen(since: baseline)
         }

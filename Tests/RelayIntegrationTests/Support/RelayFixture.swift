@@ -31,6 +31,8 @@ final class RelayFixture {
     private(set) var servicePorts: [String: Int] = [:]
     private(set) var agentProcesses: [String: DaemonProcess] = [:]
     private var proxyGeneration = 0
+    /// Every daemon this fixture started, in order, stopped at ``shutdown()``.
+    private var started: [DaemonProcess] = []
     /// The ports the running proxy's config names (0 where the OS chose), so that a config
     /// rewritten for a reload changes only what the test changed.
     private var configuredPorts: (agent: Int, services: [String: Int]) = (0, [:])
@@ -55,6 +57,7 @@ final class RelayFixture {
         let proxy = try DaemonProcess(
             "relay-proxy", arguments: ["--config", path], name: "proxy\(self.proxyGeneration)")
         self.proxy = proxy
+        self.started.append(proxy)
         try await proxy.waitForLine(containing: "relay-proxy ready")
         for line in proxy.lines(containing: "listening") {
             let port = Self.port(in: line)
@@ -140,6 +143,7 @@ final class RelayFixture {
                 arguments: self.agentWrapper.dropFirst() + [Binaries.path("relay-agent"), "--config", path],
                 name: "agent-\(id)")
         self.agentProcesses[id] = agent
+        self.started.append(agent)
         if waitForRegistration {
             try await agent.waitForLine(containing: "registered with relay")
         }
@@ -156,8 +160,9 @@ final class RelayFixture {
 
     /// Stops every daemon and removes the directory.
     func shutdown() async {
-        for agent in self.agentProcesses.values { await agent.stop() }
-        await self.proxy?.stop()
+        // Every process started, not only the latest of each name: one left running would go
+        // on dialling a port that a later test's listener may reuse.
+        for process in self.started.reversed() { await process.stop() }
         try? FileManager.default.removeItem(atPath: self.directory)
     }
 
