@@ -112,8 +112,7 @@ public struct AgentConfig: Sendable, DaemonSettings {
         let metrics = root["metrics"] == nil ? nil : reader.address(root, "metrics", at: "$")
         let tcp = reader.tcpTuning(root)
         let removedRule = reader.removedServiceRule(root)
-        let halfClose = reader.seconds(
-            root, "halfCloseTimeoutSeconds", at: "$", default: PumpLimits.defaultHalfCloseTimeout, range: 0...86400)
+        let halfClose = reader.halfCloseTimeout(root)
 
         guard let relay, let id, let secret, reader.problems.isEmpty else { return nil }
         return AgentConfig(

@@ -45,6 +45,15 @@ public struct PumpLimits: Sendable, Equatable {
 
     /// Limits with the given half-close timeout in seconds (0: no limit).
     public init(halfCloseTimeoutSeconds: Double = Self.defaultHalfCloseTimeout) {
-        self.halfCloseTimeout = halfCloseTimeoutSeconds > 0 ? .milliseconds(Int64(halfCloseTimeoutSeconds * 1000)) : nil
+        self.halfCloseTimeout = halfCloseTimeoutSeconds > 0 ? .seconds(halfCloseTimeoutSeconds) : nil
+    }
+}
+
+extension ConfigReader {
+    /// `halfCloseTimeoutSeconds` of either daemon's config (default
+    /// ``PumpLimits/defaultHalfCloseTimeout``; 0: no limit).
+    public func halfCloseTimeout(_ root: [String: JSONValue]) -> Double {
+        self.seconds(
+            root, "halfCloseTimeoutSeconds", at: "$", default: PumpLimits.defaultHalfCloseTimeout, range: 0...86400)
     }
 }

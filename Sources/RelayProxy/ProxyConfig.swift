@@ -147,8 +147,7 @@ public struct ProxyConfig: Sendable, DaemonSettings {
         let removedRule = reader.removedServiceRule(root)
         let grace = reader.seconds(
             root, "secretRotationGraceSeconds", at: "$", default: Self.defaultSecretRotationGrace, range: 0...604800)
-        let halfClose = reader.seconds(
-            root, "halfCloseTimeoutSeconds", at: "$", default: PumpLimits.defaultHalfCloseTimeout, range: 0...86400)
+        let halfClose = reader.halfCloseTimeout(root)
 
         guard let listen, reader.problems.isEmpty else { return nil }
         return ProxyConfig(

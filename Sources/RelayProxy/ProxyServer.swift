@@ -214,7 +214,7 @@ public final class ProxyServer: Service, Sendable {
                 if new.secretRotationGrace > 0 {
                     self.state.openRotationWindow(
                         agentID: agent.id, oldSecret: agent.secret,
-                        until: .now + .milliseconds(Int64(new.secretRotationGrace * 1000)))
+                        until: .now + .seconds(new.secretRotationGrace))
                     changes.append(
                         "agent '\(agent.id)' secret rotated (the old one is accepted for \(ReloadOutcome.seconds(new.secretRotationGrace)))"
                     )
@@ -252,8 +252,11 @@ public final class ProxyServer: Service, Sendable {
         return ReloadOutcome(applied: true, changes: changes)
     }
 
+    /// How often ended secret rotation windows are looked for.
+    static let rotationCheckInterval = Duration.seconds(1)
+
     /// Closes the control channels still authenticated with a secret whose rotation window
-    /// has ended, once a second.
+    /// has ended, every ``rotationCheckInterval``.
     private func expireRotations() async {
         repeat {
             for link in self.state.closeRotationWindows() {
@@ -261,7 +264,7 @@ public final class ProxyServer: Service, Sendable {
                     "closing a control channel authenticated with a rotated secret", metadata: ["agent": "\(link.id)"])
                 link.close(.authFailed, "the old secret of agent '\(link.id)' is no longer accepted; use the new one")
             }
-        } while (try? await Task.sleep(for: .seconds(1))) != nil
+        } while (try? await Task.sleep(for: Self.rotationCheckInterval)) != nil
     }
 
     /// Waits for graceful shutdown (SIGTERM), then stops accepting, drops the control
