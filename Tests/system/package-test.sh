@@ -73,8 +73,9 @@ step() {
 note() { printf '%s\n' "$@" | sed 's/^/     /'; }
 # Stops the test after a failure that leaves nothing else to check.
 give_up() {
+    [ "$failed" -gt 0 ] || failed=1
     echo "package-test: cannot go on: $*" >&2
-    echo "$passed passed, $((failed + 1)) failed"
+    echo "$passed passed, $failed failed (stopped early)"
     exit 1
 }
 
@@ -414,7 +415,7 @@ else
     fail "apt-get install (exit $rc): $states" "$(log_tail "$WORK/install.log")"
 fi
 noise=$(apt_noise "$WORK/install.log")
-[ -z "$noise" ] || note "apt-get also printed:" "$noise"
+[ "$installed" = no ] || [ -z "$noise" ] || note "apt-get also printed:" "$noise"
 pulled=$(awk '/^The following NEW packages/ { on = 1; next } /^[^ ]/ { on = 0 } on' "$WORK/install.log" | tr -s ' ' '\n' |
     grep -Ev '^(relayctl|relay-proxy|relay-agent)?$' | tr '\n' ' ' || true)
 note "dependencies apt-get installed besides the three: ${pulled:-none}"
@@ -452,7 +453,11 @@ EOF
 wrong=$(in_box sh -c '
 while read -r path mode owner; do
     case $path in *"~") path=${path%"~"}; [ -e "$path" ] || path=$path.gz ;; esac
-    if [ ! -e "$path" ]; then echo "missing: $path"; continue; fi
+    if [ ! -e "$path" ]; then
+        others=$(ls -d "${path%.gz}".* 2>/dev/null | tr "\n" " ")
+        echo "missing: $path${others:+ (there is: $others)}"
+        continue
+    fi
     got=$(stat -c "%a %U:%G" "$path")
     [ "$got" = "$mode $owner" ] || echo "$path: $got, expected $mode $owner"
 done' <"$WORK/files" 2>&1)
