@@ -15,10 +15,11 @@
 # (default: built now with `scripts/package --out build/packages`). RELAY_UPGRADE_PACKAGES:
 # the same packages with a higher version (default: built now with
 # `scripts/package --revision 2 --out build/packages-upgrade`). Packages given this way are
-# also checked with lintian here, unless RELAY_LINTIAN=no. The container shares the host's network namespace, so every
-# port is chosen free at run time and the client runs on the host. Prints the package sizes,
-# the install time and the time from `systemctl enable --now` to READY, and
-# "N passed, M failed" last; exits non-zero on any failure.
+# also checked with lintian here, unless RELAY_LINTIAN=no. The container shares the host's
+# network namespace, so every port is chosen free at run time and the client runs on the
+# host. Prints the package sizes, the install and upgrade times and the time from
+# `systemctl enable --now` to READY, and "N passed, M failed" last; exits non-zero on any
+# failure. The container's journal is left in $BOX_DIR/package-test.journal.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
