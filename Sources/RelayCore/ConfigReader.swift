@@ -54,7 +54,9 @@ public final class ConfigReader {
     }
 
     /// Reads and parses a config file into its top-level object, or notes why it cannot.
-    public static func load(path: String) throws(ConfigError) -> (ConfigReader, [String: JSONValue]) {
+    /// A config that still holds a shipped placeholder (see ``ConfigPlaceholders``) is refused
+    /// with one problem per placeholder; `package` names the Debian package that ships it.
+    public static func load(path: String, package: String) throws(ConfigError) -> (ConfigReader, [String: JSONValue]) {
         let reader = ConfigReader(baseDirectory: (path as NSString).deletingLastPathComponent)
         let data: Data
         switch Self.readFile(path) {
@@ -73,6 +75,11 @@ public final class ConfigReader {
         guard case .object(let object) = root else {
             throw ConfigError(file: path, problems: [.init(path: "$", message: "must be a JSON object")])
         }
+        let placeholders = ConfigPlaceholders.paths(in: root)
+        guard placeholders.isEmpty else {
+            throw ConfigError(
+                file: path, problems: placeholders.map { ConfigPlaceholders.problem(at: $0, package: package) })
+        }
         return (reader, object)
     }
 
@@ -81,9 +88,10 @@ public final class ConfigReader {
         self.problems.append(ConfigProblem(path: path, message: message))
     }
 
-    /// Notes every key of `object` not in `allowed` as a problem (typos are caught, not ignored).
+    /// Notes every key of `object` not in `allowed` as a problem (typos are caught, not ignored);
+    /// comment keys (`"//..."`, see ``ConfigPlaceholders``) are always allowed.
     public func rejectUnknownKeys(_ object: [String: JSONValue], at path: String, allowed: Set<String>) {
-        for key in object.keys.sorted() where !allowed.contains(key) {
+        for key in object.keys.sorted() where !allowed.contains(key) && !ConfigPlaceholders.isComment(key) {
             self.problem("\(path).\(key)", "unknown key (allowed: \(allowed.sorted().joined(separator: ", ")))")
         }
     }

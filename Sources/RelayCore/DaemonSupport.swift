@@ -27,6 +27,15 @@ public enum DaemonSupport {
         _ = setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit)
     }
 
+    /// `--check-placeholders`: prints one line per shipped placeholder left in the config at
+    /// `path` on stderr and returns false when there is any; checks nothing else.
+    public static func reportPlaceholders(path: String, package: String) -> Bool {
+        let problems = ConfigPlaceholders.check(path: path, package: package)
+        let text = problems.map { "\(package): \(path): \($0)\n" }.joined()
+        FileHandle.standardError.write(Data(text.utf8))
+        return problems.isEmpty
+    }
+
     /// Prints every problem of a config on its own line (`path: message`) to stderr.
     public static func printProblems(_ error: ConfigError) {
         var text = ""

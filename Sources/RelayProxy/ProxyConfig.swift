@@ -79,7 +79,7 @@ public struct ProxyConfig: Sendable, DaemonSettings {
 
     /// Reads and validates the file at `path`; the error lists every problem with its JSON path.
     public static func load(path: String) throws(ConfigError) -> ProxyConfig {
-        let (reader, root) = try ConfigReader.load(path: path)
+        let (reader, root) = try ConfigReader.load(path: path, package: "relay-proxy")
         let config = Self.read(root, reader: reader)
         try reader.finish(file: path)
         return config!

@@ -21,10 +21,21 @@ struct RelayProxyCommand: AsyncParsableCommand {
     @Flag(help: "Validate the config, print every problem with its JSON path, and exit (1 if invalid).")
     var checkConfig = false
 
+    @Flag(
+        help: """
+            Exit 1, naming each one, if the config still holds a shipped CHANGE-ME placeholder; \
+            else exit 0. Checks nothing else (the packaged unit's ExecCondition=).
+            """)
+    var checkPlaceholders = false
+
     @Option(help: "Least severe log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
     func run() async throws {
+        if self.checkPlaceholders {
+            guard DaemonSupport.reportPlaceholders(path: self.config, package: "relay-proxy") else { throw ExitCode(1) }
+            return
+        }
         if self.checkConfig {
             do {
                 let config = try ProxyConfig.load(path: self.config)

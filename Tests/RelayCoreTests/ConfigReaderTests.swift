@@ -13,7 +13,7 @@ import Testing
     @Test func loadsAnObject() throws {
         let dir = try TempDir()
         let path = try dir.write("c.json", #"{"a": 1, "b": [true]}"#)
-        let (reader, root) = try ConfigReader.load(path: path)
+        let (reader, root) = try ConfigReader.load(path: path, package: "relay-proxy")
         #expect(root == ["a": .number(1), "b": .array([.bool(true)])])
         #expect(reader.baseDirectory == dir.path)
         #expect(reader.problems.isEmpty)
@@ -23,7 +23,7 @@ import Testing
         let dir = try TempDir()
         let path = dir.file("absent.json")
         #expect(
-            problems { () throws(ConfigError) in try ConfigReader.load(path: path) } == [
+            problems { () throws(ConfigError) in try ConfigReader.load(path: path, package: "relay-proxy") } == [
                 "$: cannot read the file: no such file or directory"
             ])
     }
@@ -31,7 +31,7 @@ import Testing
     @Test func directoryInsteadOfAFile() throws {
         let dir = try TempDir()
         #expect(
-            problems { () throws(ConfigError) in try ConfigReader.load(path: dir.path) } == [
+            problems { () throws(ConfigError) in try ConfigReader.load(path: dir.path, package: "relay-proxy") } == [
                 "$: cannot read the file: is a directory"
             ])
     }
@@ -40,7 +40,7 @@ import Testing
     func notJSON(_ text: String) throws {
         let dir = try TempDir()
         let path = try dir.write("c.json", text)
-        let found = problems { () throws(ConfigError) in try ConfigReader.load(path: path) }
+        let found = problems { () throws(ConfigError) in try ConfigReader.load(path: path, package: "relay-proxy") }
         #expect(found.count == 1)
         #expect(found.first?.hasPrefix("$: not valid JSON: ") == true, "\(found)")
     }
@@ -50,7 +50,9 @@ import Testing
         let dir = try TempDir()
         let path = try dir.write("c.json", text)
         #expect(
-            problems { () throws(ConfigError) in try ConfigReader.load(path: path) } == ["$: must be a JSON object"])
+            problems { () throws(ConfigError) in try ConfigReader.load(path: path, package: "relay-proxy") } == [
+                "$: must be a JSON object"
+            ])
     }
 
     @Test func errorDescriptionNamesTheFileAndCountsTheRest() {

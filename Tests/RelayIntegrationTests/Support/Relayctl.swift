@@ -23,18 +23,19 @@ enum Relayctl {
         }
     }
 
-    /// Runs `relayctl arguments…`, optionally as another user (`setpriv` arguments first),
-    /// and returns once it exited; fails the test after `limit`.
-    static func run(_ arguments: [String], asUser prefix: [String] = [], limit: Duration = .seconds(15)) async throws
-        -> Result
-    {
+    /// Runs `relayctl arguments…` (or another built `binary`), optionally as another user
+    /// (`setpriv` arguments first), and returns once it exited; fails the test after `limit`.
+    static func run(
+        _ arguments: [String], binary: String = "relayctl", asUser prefix: [String] = [],
+        limit: Duration = .seconds(15)
+    ) async throws -> Result {
         let process = Process()
         if prefix.isEmpty {
-            process.executableURL = URL(fileURLWithPath: Binaries.path("relayctl"))
+            process.executableURL = URL(fileURLWithPath: Binaries.path(binary))
             process.arguments = arguments
         } else {
             process.executableURL = URL(fileURLWithPath: prefix[0])
-            process.arguments = Array(prefix.dropFirst()) + [Binaries.path("relayctl")] + arguments
+            process.arguments = Array(prefix.dropFirst()) + [Binaries.path(binary)] + arguments
         }
         let out = Pipe()
         let err = Pipe()
@@ -47,11 +48,11 @@ enum Relayctl {
         let exited = Changes()
         process.terminationHandler = { _ in exited.notify() }
         try process.run()
-        async let stdout = Task.detached { out.fileHandleForReading.readDataToEndOfFile() }.value
-        async let stderr = Task.detached { err.fileHandleForReading.readDataToEndOfFile() }.value
+        async let stdout = Self.readToEnd(out.fileHandleForReading)
+        async let stderr = Self.readToEnd(err.fileHandleForReading)
         if await exited.wait(timeout: limit, until: { process.isRunning ? nil : true }) == nil {
             process.terminate()
-            throw HarnessError("relayctl \(arguments) did not exit within \(limit)")
+            throw HarnessError("\(binary) \(arguments) did not exit within \(limit)")
         }
         return Result(
             status: process.terminationStatus,
@@ -72,6 +73,16 @@ enum Relayctl {
         let result = try await self.run(["--json"] + arguments)
         guard result.status == 0 else { throw HarnessError("relayctl --json \(arguments) failed: \(result)") }
         return try result.json()
+    }
+
+    /// Reads `handle` to its end on a Dispatch thread: a blocking read on a task would hold
+    /// one of the few threads of Swift's cooperative pool (two on a 2-core machine) until the
+    /// process exits, and two such reads starve the timeout that is to stop a process that
+    /// does not exit.
+    private static func readToEnd(_ handle: FileHandle) async -> Data {
+        await withCheckedContinuation { continuation in
+            DispatchQueue.global().async { continuation.resume(returning: handle.readDataToEndOfFile()) }
+        }
     }
 }
 
@@ -187,4 +198,5 @@ func metricValue(_ text: String, _ name: String, _ labels: [String: String]) -> 
         }
     }
     return nil
+
 }
