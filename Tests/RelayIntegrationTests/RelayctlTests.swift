@@ -105,10 +105,10 @@ struct RelayctlTests {
             let clientClosed = try #require(download.closedAt.withLock { $0 })
             #expect(clientClosed - killedAt < .seconds(1))
             try await relay.proxy.waitForLine(
-                containing: "session=\(id)", "session closed", "killed by operator", timeout: .seconds(1))
-            try await agent.waitForLine(containing: "session=\(id)", "session closed", timeout: .seconds(1))
+                containing: "session=\(id)", "session closed", "killed by operator", timeout: .seconds(10))
+            try await agent.waitForLine(containing: "session=\(id)", "session closed", timeout: .seconds(10))
             #expect(relay.proxy.lines(containing: "session=\(id)", "session killed by operator").count == 1)
-            try await target.waitForClosed(1, timeout: .seconds(1))
+            try await target.waitForClosed(1, timeout: .seconds(10))
 
             // The session is gone: unknown session, its own exit status and one line.
             let again = try await Relayctl.run(["--socket", proxySocket, "kill", id])

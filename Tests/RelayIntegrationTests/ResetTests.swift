@@ -21,7 +21,7 @@ struct ResetTests {
                 try await outbound.write(ByteBuffer(string: "hello"))
                 try await agent.waitForLine(containing: "session attached")
                 TestClient.reset(connection.channel)
-                try await target.waitForClosed(1, timeout: .seconds(2))
+                try await target.waitForClosed(1, timeout: .seconds(10))
             }
             try await relay.proxy.waitForLine(containing: "session closed", "reason=\"client:")
             try await agent.waitForLine(containing: "session closed", "reason=\"relay side:")
