@@ -6,6 +6,23 @@ import Testing
 /// The sources use FoundationEssentials only (no ICU in the static binaries); these check
 /// the small replacements for what it lacks against full Foundation, which tests may use.
 struct FoundationParityTests {
+    /// Full Foundation in any source file would link ICU's 34 MB of data into every binary again.
+    @Test func noSourceImportsFullFoundation() throws {
+        let sources = ShippedConfigTests.repository + "/Sources"
+        let files = try #require(FileManager.default.enumerator(atPath: sources)).compactMap { $0 as? String }
+        let pattern = #/^\s*(@\w+\s+)*(\w+\s+)?import\s+(\w+\s+)?Foundation(?!Essentials)/#
+        #expect(
+            "import Foundation".contains(pattern) && "@preconcurrency import struct Foundation.URL".contains(pattern))
+        #expect(!"import FoundationEssentials".contains(pattern))
+        var found: [String] = []
+        for file in files where file.hasSuffix(".swift") {
+            let text = try String(contentsOfFile: sources + "/" + file, encoding: .utf8)
+            for line in text.split(separator: "\n") where line.contains(pattern) { found.append("\(file): \(line)") }
+        }
+        #expect(found.isEmpty, "use FoundationEssentials: \(found)")
+        #expect(files.count > 50)
+    }
+
     static let doubles: [Double] = [
         0, -0.0, 1, 0.5, 0.0005, 0.0004999, 1.0005, 2.5, 12.345678, 100, 1e6, 1e-5, 123_456_789, 1.0 / 3, 3600,
         0.001, 30, 1e300, -1.5, .infinity, -.infinity, .nan, 1_234_567, 99999.95,
