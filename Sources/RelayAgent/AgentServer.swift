@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import Logging
 import NIOCore
 import NIOPosix
@@ -163,7 +163,7 @@ public final class AgentServer: Service, Sendable {
             self.state.connection = .waiting(until: Date() + delay.inSeconds, lastError: reason)
             self.logger.warning(
                 "relay connection lost: \(reason)",
-                metadata: ["retryInSeconds": "\(String(format: "%.3f", delay.inSeconds))"]
+                metadata: ["retryInSeconds": "\(String(cFormat: "%.3f", delay.inSeconds))"]
             )
             switch await self.wakeups.sleep(for: delay) {
             case .cancelled: return

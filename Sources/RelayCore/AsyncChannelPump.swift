@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import NIOCore
 import Synchronization
 
@@ -58,7 +58,7 @@ public struct AsyncChannelPump: SessionPump {
         while (try? await Task.sleep(for: tick)) != nil {
             guard meter.forwardFinished != meter.backwardFinished, meter.idleFor >= timeout else { continue }
             let idle: PumpOutcome.Endpoint = meter.forwardFinished ? .second : .first
-            let seconds = String(format: "%g", timeout.inSeconds)
+            let seconds = String(cFormat: "%g", timeout.inSeconds)
             return .failed(endpoint: idle, reason: "half-closed and idle for \(seconds)s")
         }
         return nil

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 
 /// The two conventions of the configs the Debian packages ship: comment keys and placeholders.
 ///

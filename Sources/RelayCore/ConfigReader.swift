@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 import RelayProtocol
 
 /// One problem in a config file, with the JSON path of the value at fault.
@@ -57,7 +58,7 @@ public final class ConfigReader {
     /// A config that still holds a shipped placeholder (see ``ConfigPlaceholders``) is refused
     /// with one problem per placeholder; `package` names the Debian package that ships it.
     public static func load(path: String, package: String) throws(ConfigError) -> (ConfigReader, [String: JSONValue]) {
-        let reader = ConfigReader(baseDirectory: (path as NSString).deletingLastPathComponent)
+        let reader = ConfigReader(baseDirectory: PathString.directory(of: path))
         let data: Data
         switch Self.readFile(path) {
         case .success(let bytes): data = bytes
@@ -201,7 +202,7 @@ public final class ConfigReader {
             }
             return Secret(value)
         case (nil, let file?):
-            let full = file.hasPrefix("/") ? file : (self.baseDirectory as NSString).appendingPathComponent(file)
+            let full = file.hasPrefix("/") ? file : PathString.appending(file, to: self.baseDirectory)
             let data: Data
             switch Self.readFile(full) {
             case .success(let bytes): data = bytes
@@ -209,7 +210,7 @@ public final class ConfigReader {
                 self.problem("\(path).secretFile", "cannot read '\(full)': \(reason)")
                 return nil
             }
-            let text = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+            let text = String(decoding: data, as: UTF8.self).trimmingWhitespaceAndNewlines()
             guard !text.isEmpty else {
                 self.problem("\(path).secretFile", "'\(full)' is empty")
                 return nil
@@ -245,17 +246,10 @@ public final class ConfigReader {
         value == value.rounded() ? String(Int(value)) : String(value)
     }
 
+    /// Why `JSONDecoder` refused a file: "The given data was not valid JSON." for a syntax
+    /// error (it attaches no underlying error on Linux), else the error's own description.
     private static func reason(_ error: any Error) -> String {
-        if let error = error as? DecodingError {
-            switch error {
-            case .dataCorrupted(let context):
-                if let underlying = context.underlyingError as NSError? {
-                    return underlying.userInfo[NSDebugDescriptionErrorKey] as? String ?? context.debugDescription
-                }
-                return context.debugDescription
-            default: return "\(error)"
-            }
-        }
-        return (error as NSError).localizedDescription
+        if case DecodingError.dataCorrupted(let context) = error { return context.debugDescription }
+        return "\(error)"
     }
 }

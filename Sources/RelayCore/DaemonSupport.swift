@@ -1,4 +1,4 @@
-import Foundation
+import Glibc
 import Logging
 
 /// What both daemons' command lines share: log setup and `--check-config` output.
@@ -32,7 +32,7 @@ public enum DaemonSupport {
     public static func reportPlaceholders(path: String, package: String) -> Bool {
         let problems = ConfigPlaceholders.check(path: path, package: package)
         let text = problems.map { "\(package): \(path): \($0)\n" }.joined()
-        FileHandle.standardError.write(Data(text.utf8))
+        StandardStream.error.write(text)
         return problems.isEmpty
     }
 
@@ -41,7 +41,7 @@ public enum DaemonSupport {
         var text = ""
         for problem in error.problems { text += "\(error.file): \(problem)\n" }
         text += "\(error.file): \(error.problems.count) problem\(error.problems.count == 1 ? "" : "s") found\n"
-        FileHandle.standardError.write(Data(text.utf8))
+        StandardStream.error.write(text)
     }
 }
 

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 
 /// A JSON document as a plain tree, decoded by Foundation's `JSONDecoder`, so that config
 /// validation can walk it and report every problem with its path instead of the first.

@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 import Logging
 
 /// A swift-log handler that writes one event a line to stderr:
@@ -47,7 +48,7 @@ public struct StderrLogHandler: LogHandler {
             line += " \(key)=\(Self.quoteIfNeeded(Self.clean("\(merged[key]!)")))"
         }
         line += "\n"
-        FileHandle.standardError.write(Data(line.utf8))
+        StandardStream.error.write(line)
     }
 
     /// Escapes control characters (C0, DEL, C1) and Unicode line/paragraph separators, so
@@ -61,7 +62,7 @@ public struct StderrLogHandler: LogHandler {
             case "\r": out += "\\r"
             case "\t": out += "\\t"
             case _ where Self.mustEscape(scalar):
-                out += String(format: scalar.value <= 0xff ? "\\x%02x" : "\\u%04x", scalar.value)
+                out += String(cFormat: scalar.value <= 0xff ? "\\x%02x" : "\\u%04x", scalar.value)
             default: out.unicodeScalars.append(scalar)
             }
         }
@@ -74,8 +75,7 @@ public struct StderrLogHandler: LogHandler {
 
     private static func quoteIfNeeded(_ value: String) -> String {
         guard value.isEmpty || value.contains(where: { $0 == " " || $0 == "\"" || $0 == "=" }) else { return value }
-        return "\"" + value.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
-            + "\""
+        return "\"" + value.replacingLiterally("\\", with: "\\\\").replacingLiterally("\"", with: "\\\"") + "\""
     }
 
     private static func priority(_ level: Logger.Level) -> Int {
@@ -96,7 +96,7 @@ public struct StderrLogHandler: LogHandler {
         var parts = tm()
         gmtime_r(&seconds, &parts)
         return String(
-            format: "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ",
+            cFormat: "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ",
             parts.tm_year + 1900, parts.tm_mon + 1, parts.tm_mday,
             parts.tm_hour, parts.tm_min, parts.tm_sec, now.tv_nsec / 1_000_000
         )

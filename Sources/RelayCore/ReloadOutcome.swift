@@ -20,7 +20,7 @@ public struct ReloadOutcome: Sendable, Codable, Equatable {
 extension ReloadOutcome {
     /// A number of seconds in a change line: "2s", "0.5s".
     public static func seconds(_ value: Double) -> String {
-        String(format: "%gs", value)
+        String(cFormat: "%gs", value)
     }
 
     /// One change line per setting whose value differs: "halfCloseTimeoutSeconds 120s -> 30s".

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import Logging
 
 extension Logger {
@@ -18,6 +18,6 @@ extension Logger {
 extension ContinuousClock.Instant {
     /// The time since this instant as a log field, in seconds with milliseconds ("1.234s").
     public var elapsedForLog: String {
-        String(format: "%.3fs", (ContinuousClock.now - self).inSeconds)
+        String(cFormat: "%.3fs", (ContinuousClock.now - self).inSeconds)
     }
 }

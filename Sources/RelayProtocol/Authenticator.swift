@@ -1,5 +1,5 @@
 import Crypto
-import Foundation
+import FoundationEssentials
 
 /// The challenge/response that proves an agent knows its secret without sending it (S1–S2).
 ///
@@ -58,9 +58,9 @@ public enum Tokens {
     /// A new random token (base64url, no padding).
     public static func make() -> String {
         Data(randomBytes(ProtocolLimits.tokenBytes)).base64EncodedString()
-            .replacingOccurrences(of: "+", with: "-")
-            .replacingOccurrences(of: "/", with: "_")
-            .replacingOccurrences(of: "=", with: "")
+            .replacingLiterally("+", with: "-")
+            .replacingLiterally("/", with: "_")
+            .replacingLiterally("=", with: "")
     }
 
     /// Whether `token` could be a token (the right length); says nothing of whether it is right.

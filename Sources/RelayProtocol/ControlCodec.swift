@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import NIOCore
 
 /// Encodes messages as one JSON line each, and decodes and validates a received line.
@@ -49,7 +49,7 @@ public enum ControlCodec {
         case .dataCorrupted(let context) where context.codingPath.isEmpty:
             // Foundation reports a number that does not fit its field (-1 or 1.5 for a count)
             // like broken JSON, without a path: tell the two apart by parsing the line again.
-            if (try? JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed])) != nil {
+            if JSONSyntax.isWellFormed(data) {
                 return ProtocolError(.badMessage, "a number is out of range for its field")
             }
             return ProtocolError(.badJSON, "invalid JSON")

@@ -1,5 +1,5 @@
 import ArgumentParser
-import Foundation
+import FoundationEssentials
 import Logging
 import RelayAgent
 import RelayCore
@@ -51,7 +51,7 @@ struct RelayAgentCommand: AsyncParsableCommand {
         do {
             level = try DaemonSupport.bootstrap(logLevel: self.logLevel)
         } catch {
-            FileHandle.standardError.write(Data("relay-agent: \(error)\n".utf8))
+            StandardStream.error.write("relay-agent: \(error)\n")
             throw ExitCode(1)
         }
         var logger = Logger(label: "relay-agent")

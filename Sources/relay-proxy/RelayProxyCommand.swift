@@ -1,5 +1,5 @@
 import ArgumentParser
-import Foundation
+import FoundationEssentials
 import Logging
 import RelayCore
 import RelayProxy
@@ -50,7 +50,7 @@ struct RelayProxyCommand: AsyncParsableCommand {
         do {
             level = try DaemonSupport.bootstrap(logLevel: self.logLevel)
         } catch {
-            FileHandle.standardError.write(Data("relay-proxy: \(error)\n".utf8))
+            StandardStream.error.write("relay-proxy: \(error)\n")
             throw ExitCode(1)
         }
         var logger = Logger(label: "relay-proxy")

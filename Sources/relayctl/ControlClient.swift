@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 import RelayCore
 
 /// A blocking client of a daemon's control socket: one request, one response line.
@@ -17,7 +18,7 @@ struct ControlClient {
 
     /// Which daemon a socket path probably belongs to, for error messages.
     var daemonName: String {
-        let name = (self.path as NSString).lastPathComponent
+        let name = PathString.lastComponent(of: self.path)
         if name.contains("agent") { return "relay-agent" }
         if name.contains("proxy") { return "relay-proxy" }
         return "relay-proxy or relay-agent"

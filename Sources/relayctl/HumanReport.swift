@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import RelayCore
 
 /// relayctl's default output: what a person reads, in aligned columns.
@@ -41,7 +41,7 @@ enum HumanReport {
         fields.append(("control", report.control))
         if let metrics = report.metrics { fields.append(("metrics", "http://\(metrics)/metrics")) }
         let width = fields.map(\.0.count).max() ?? 0
-        var lines = fields.map { $0.0.padding(toLength: width, withPad: " ", startingAt: 0) + "  " + $0.1 }
+        var lines = fields.map { Self.padded($0.0, to: width) + "  " + $0.1 }
         if !report.services.isEmpty {
             lines.append("")
             lines.append(Self.services(report.services, colour: colour))
@@ -124,11 +124,12 @@ enum HumanReport {
             fields.append(("target", session.targetLocal.map { "\($0) -> \(target)" } ?? target))
         }
         fields.append(
-            ("started", "\(Self.timestamp(session.startedAt)) (\(HumanFormat.duration(session.ageSeconds)) ago)"))
+            ("started", "\(HumanFormat.timestamp(session.startedAt)) (\(HumanFormat.duration(session.ageSeconds)) ago)")
+        )
         fields.append(("bytes in", "\(HumanFormat.bytes(session.bytesIn)) (\(session.bytesIn))"))
         fields.append(("bytes out", "\(HumanFormat.bytes(session.bytesOut)) (\(session.bytesOut))"))
         let width = fields.map(\.0.count).max() ?? 0
-        return fields.map { $0.0.padding(toLength: width, withPad: " ", startingAt: 0) + "  " + $0.1 }
+        return fields.map { Self.padded($0.0, to: width) + "  " + $0.1 }
             .joined(separator: "\n")
     }
 
@@ -155,12 +156,14 @@ enum HumanReport {
         enabled ? "\u{1B}[\(colour.rawValue)m\(text)\u{1B}[0m" : text
     }
 
+    /// `label` followed by spaces up to `width` characters, as NSString's
+    /// `padding(toLength:withPad:startingAt:)` padded the (ASCII) field labels.
+    private static func padded(_ label: String, to width: Int) -> String {
+        label + String(repeating: " ", count: max(0, width - label.count))
+    }
+
     private static func ago(_ date: Date) -> String {
         "\(HumanFormat.duration(-date.timeIntervalSinceNow)) ago"
     }
 
-    private static func timestamp(_ date: Date) -> String {
-        let formatter = ISO8601DateFormatter()
-        return formatter.string(from: date)
-    }
 }

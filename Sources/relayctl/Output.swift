@@ -1,5 +1,7 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 import RelayCore
+import RelayProtocol
 
 /// Where relayctl's results go: text or one JSON document on stdout, failures on stderr.
 struct Output {
@@ -19,23 +21,23 @@ struct Output {
     func json(_ value: some Encodable) -> Bool {
         guard self.isJSON else { return false }
         let data = (try? ControlJSON.encoder(pretty: true).encode(value)) ?? Data("null".utf8)
-        FileHandle.standardOutput.write(data + Data("\n".utf8))
+        StandardStream.output.write(bytes: data + Data("\n".utf8))
         return true
     }
 
     /// Prints text and a newline.
     func text(_ text: String) {
-        FileHandle.standardOutput.write(Data((text + "\n").utf8))
+        StandardStream.output.write(text + "\n")
     }
 
     /// Prints text as it is.
     func raw(_ text: String) {
-        FileHandle.standardOutput.write(Data(text.utf8))
+        StandardStream.output.write(text)
     }
 
     /// One line on stderr: `relayctl: message`.
     func fail(_ message: String) {
-        let clean = message.replacingOccurrences(of: "\n", with: " ")
-        FileHandle.standardError.write(Data("relayctl: \(clean)\n".utf8))
+        let clean = message.replacingLiterally("\n", with: " ")
+        StandardStream.error.write("relayctl: \(clean)\n")
     }
 }

@@ -1,5 +1,5 @@
 import ArgumentParser
-import Foundation
+import FoundationEssentials
 import RelayCore
 
 /// relayctl: inspect and control relay-proxy and relay-agent. See relayctl(1).

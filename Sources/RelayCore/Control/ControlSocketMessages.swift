@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// One request on a daemon's control socket: a single JSON object on one line,
 /// `{"id":1,"command":"sessions","args":{"service":"web"}}`. See docs/protocol.md.

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import Logging
 import NIOCore
 import NIOPosix
@@ -153,8 +153,7 @@ public final class ControlSocketServer: Service, Sendable {
     /// The integer `id` of a line that is a JSON object but not a valid request, so that
     /// even its error can be matched.
     static func requestID(_ line: ByteBuffer) -> Int? {
-        let object = try? JSONSerialization.jsonObject(with: Data(line.readableBytesView)) as? [String: Any]
-        return object?["id"] as? Int
+        JSONSyntax.integerMember("id", of: Data(line.readableBytesView))
     }
 
     /// A request from one line, or why it is not one.
@@ -165,7 +164,7 @@ public final class ControlSocketServer: Service, Sendable {
         } catch DecodingError.dataCorrupted {
             return .failure(ControlFailure(.badJSON, "not a JSON object"))
         } catch {
-            if (try? JSONSerialization.jsonObject(with: data)) is [String: Any] {
+            if JSONSyntax.isObject(data) {
                 return .failure(
                     ControlFailure(
                         .badRequest, "expected {\"id\": INTEGER, \"command\": STRING, \"args\": {STRING: STRING}}"))

@@ -1,3 +1,5 @@
+import FoundationEssentials
+
 /// Numbers as a person reads them, for relayctl's default output: sizes in binary units,
 /// durations in the two largest units, and tables with aligned columns.
 public enum HumanFormat {
@@ -24,6 +26,13 @@ public enum HumanFormat {
         if hours > 0 { return "\(hours)h\(Self.twoDigits(minutes))m" }
         if minutes > 0 { return "\(minutes)m\(Self.twoDigits(secs))s" }
         return "\(secs)s"
+    }
+
+    /// `2026-11-25T06:14:14Z`: a moment in UTC to the second, as Foundation's
+    /// `ISO8601DateFormatter` wrote it (rounded to the millisecond, then cut to the second).
+    public static func timestamp(_ date: Date) -> String {
+        let milliseconds = (date.timeIntervalSince1970 * 1000 + 0.5).rounded(.down)
+        return Date(timeIntervalSince1970: milliseconds / 1000).formatted(Date.ISO8601FormatStyle())
     }
 
     /// A short time such as a heartbeat round trip: `850µs`, `1.2ms`, `35ms`, `1.5s`.

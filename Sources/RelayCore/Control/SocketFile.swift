@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// Preparing the path of a Unix socket a daemon is about to bind: its directory must exist,
 /// a live daemon there must not be disturbed, and a stale socket file is replaced.
@@ -40,14 +41,15 @@ public enum SocketFile {
         guard Self.address(path) != nil else {
             throw DaemonError("control socket path \(path) is too long for a Unix socket")
         }
-        let directory = (path as NSString).deletingLastPathComponent
+        let directory = PathString.directory(of: path)
         if !directory.isEmpty, !FileManager.default.fileExists(atPath: directory) {
             do {
                 try FileManager.default.createDirectory(
                     atPath: directory, withIntermediateDirectories: true,
                     attributes: [.posixPermissions: Int(ControlSocketLimits.directoryMode)])
             } catch {
-                throw DaemonError("cannot create the directory \(directory) for the control socket: \(error)")
+                throw DaemonError(
+                    "cannot create the directory \(directory) for the control socket: \(Self.reason(error))")
             }
         }
         switch Self.occupant(of: path) {
@@ -72,6 +74,13 @@ public enum SocketFile {
         }
         // The daemon's own group; failing here (EPERM) leaves the inherited group, which is ours anyway.
         _ = chown(path, uid_t.max, getegid())
+    }
+
+    /// Why `FileManager` could not create a directory, in the system's words ("not a
+    /// directory"), as the other messages here say it.
+    private static func reason(_ error: any Error) -> String {
+        guard let posix = (error as? CocoaError)?.underlying as? POSIXError else { return "\(error)" }
+        return String(cString: strerror(posix.code.rawValue)).lowercased()
     }
 
     /// The `sockaddr_un` for `path`, or `nil` if the path is too long.
