@@ -243,8 +243,8 @@ extension IOTests {
                     session.adopt(target.channel)
                     session.adopt(data.channel)
                     #expect(session.connections.count == 2)
-                    session.kill()
-                    #expect(session.killed == "killed by operator")
+                    session.handle(.kill)
+                    #expect(session.end?.description == "killed by operator")
                     for peer in [targetPeer, relayPeer] {
                         let seen = try await Timing.withTimeout(5) { await peer.receive(TestPattern(seed: 0)) }
                         #expect(seen?.end?.isReset == true, "\(String(describing: seen))")
