@@ -3,6 +3,7 @@ import Glibc
 import Logging
 import NIOCore
 import RelayCore
+import RelayProtocol
 
 /// The agent's answers on its control socket (relayctl): status, services, sessions, one
 /// session, kill, reload and metrics. See docs/protocol.md for the keys.
@@ -156,7 +157,7 @@ public struct AgentControlCommands: Sendable {
             "session killed by operator",
             metadata: ["session": "\(session.id)", "service": "\(session.service)", "client": "\(session.client)"])
         session.telemetry.sessionKilled()
-        session.kill()
+        session.handle(.kill)
         return .success(KillReport(id: session.id, state: report.state))
     }
 
@@ -176,7 +177,7 @@ public struct AgentControlCommands: Sendable {
             service: session.service,
             client: session.client,
             startedAt: session.startedAt,
-            state: session.killed != nil ? "closing" : data == nil ? "pending" : SessionReport.state(of: session.meter),
+            state: session.reportState,
             bytesIn: session.meter.forward,
             bytesOut: session.meter.backward
         )

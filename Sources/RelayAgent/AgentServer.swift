@@ -189,12 +189,14 @@ public final class AgentServer: Service, Sendable {
         self.state.beginShutdown()?.close(promise: nil)
         let live = self.state.sessions.count
         self.logger.info("shutting down", metadata: ["sessions": "\(live)", "drainTimeoutSeconds": "\(drainTimeout)"])
+        // Every session drains, pending ones too: they may still attach.
+        for session in self.state.sessions { session.handle(.stop) }
         if graceful, live > 0, await self.state.waitForNoSessions(timeout: .seconds(drainTimeout)) {
             self.logger.info("all sessions drained")
         }
         for session in self.state.sessions {
             self.logger.warning("closing a session still live at shutdown", metadata: ["session": "\(session.id)"])
-            session.terminate()
+            session.handle(.drainDeadlinePassed)
         }
         self.requestInput.finish()
     }
@@ -251,9 +253,8 @@ public final class AgentServer: Service, Sendable {
         }
         for name in oldServices.keys.sorted() where newServices[name] == nil {
             let live = self.state.sessions.filter { $0.service == name }
-            if new.removedServiceSessions == .close {
-                for session in live { session.kill(reason: "service removed by a reload") }
-            }
+            let removal: SessionStateMachine.Removal = new.removedServiceSessions == .close ? .close : .drain
+            for session in live { session.handle(.serviceRemoved(removal)) }
             changes.append(
                 "service '\(name)' removed (\(new.removedServiceSessions.describe(liveSessions: live.count)))")
             reconnect = true

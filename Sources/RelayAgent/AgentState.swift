@@ -1,10 +1,23 @@
 import FoundationEssentials
 import NIOCore
 import RelayCore
+import RelayProtocol
 import Synchronization
 
-/// One session at the agent: a data channel joined to a target connection.
+/// One session at the agent (S8–S20): a data channel joined to a target connection, as a
+/// shell over ``SessionStateMachine``. Every event goes to the machine under one lock; the
+/// session resets its connections when the machine says so and counts a session that ends
+/// before it joined; `SessionRunner` does the dials, the `attach`, the `refuse` and the pump
+/// the machine asks for, and logs the end.
 final class AgentSession: Sendable {
+    private struct Core {
+        var machine: SessionStateMachine
+        /// The connections adopted so far: the target connection, then the data channel.
+        var connections: [any Channel] = []
+        /// The data channel, once the relay accepted it.
+        var dataChannel: (any Channel)?
+    }
+
     let id: String
     let service: String
     let client: String
@@ -14,47 +27,73 @@ final class AgentSession: Sendable {
     /// Forward: relay → target (bytes in); backward: target → relay (bytes out).
     let meter: TrafficMeter
     let telemetry: ServiceTelemetry
-    private let channels = Mutex<[any Channel]>([])
-    private let attachedStore = Mutex<(any Channel)?>(nil)
-    private let killedStore = Mutex<String?>(nil)
+    private let core: Mutex<Core>
 
-    init(id: String, service: String, client: String, target: String, telemetry: ServiceTelemetry) {
+    init(
+        id: String, service: String, client: String, target: String, telemetry: ServiceTelemetry,
+        halfCloseTimeout: Double = 0
+    ) {
         self.id = id
         self.service = service
         self.client = client
         self.target = target
         self.telemetry = telemetry
         self.meter = TrafficMeter(sink: telemetry)
+        self.core = Mutex(Core(machine: .agent(halfCloseTimeout: halfCloseTimeout)))
+        self.meter.onFinish { [weak self] forward in self?.handle(.finPassedOn(forward ? .first : .second)) }
+    }
+
+    /// Starts the session: the first steps (dial the target).
+    func start() -> [SessionStateMachine.Action] {
+        let actions = self.core.withLock { $0.machine.start() }
+        self.execute(actions)
+        return actions
+    }
+
+    /// Feeds one event to the machine, carries out the actions that are the session's (a
+    /// reset, the count of a refused session) and returns all of them.
+    @discardableResult
+    func handle(_ event: SessionStateMachine.Event) -> [SessionStateMachine.Action] {
+        let actions = self.core.withLock { core in
+            let actions = core.machine.handle(event)
+            if event == .attachAccepted, actions.contains(.startPumping) { core.dataChannel = core.connections.last }
+            return actions
+        }
+        self.execute(actions)
+        return actions
     }
 
     /// The connections adopted so far: the target connection, then the data channel.
-    var connections: [any Channel] { self.channels.withLock { $0 } }
+    var connections: [any Channel] { self.core.withLock { $0.connections } }
 
     /// The data channel, once the relay accepted it (bytes flow from then on).
-    var dataChannel: (any Channel)? { self.attachedStore.withLock { $0 } }
+    var dataChannel: (any Channel)? { self.core.withLock { $0.dataChannel } }
 
-    /// Records that the relay accepted `dataChannel` for this session.
-    func markAttached(_ dataChannel: any Channel) {
-        self.attachedStore.withLock { $0 = dataChannel }
-    }
+    /// How the session ended (or is ending), once decided.
+    var end: SessionEnd? { self.core.withLock { $0.machine.end } }
 
-    /// Why the session was ended from outside (an operator's kill, a reload), if it was.
-    var killed: String? { self.killedStore.withLock { $0 } }
+    /// The state `relayctl` shows: pending, open, half-closed-in, half-closed-out, closing.
+    var reportState: String { self.core.withLock { $0.machine.reportState } }
 
-    /// Ends the session from outside, for `reason` ("killed by operator").
-    func kill(reason: String = "killed by operator") {
-        self.killedStore.withLock { $0 = $0 ?? reason }
-        self.terminate()
-    }
-
-    /// Remembers a connection of this session, so that ``terminate()`` can close it.
+    /// Remembers a connection of this session, so that a reset reaches it; call it before
+    /// telling the machine the connection is there.
     func adopt(_ channel: any Channel) {
-        self.channels.withLock { $0.append(channel) }
+        self.core.withLock { $0.connections.append(channel) }
     }
 
-    /// Resets the session's connections (operator kill, shutdown), which ends its pump at once.
-    func terminate() {
-        for channel in self.channels.withLock({ $0 }) { channel.abort() }
+    private func execute(_ actions: [SessionStateMachine.Action]) {
+        for action in actions {
+            switch action {
+            case .resetBoth:
+                for channel in self.connections { channel.abort() }
+            case .reportEnd(let end):
+                if let metric = end.refusedMetric { self.telemetry.sessionRefused(reason: metric) }
+            default:
+                // The dials, `attach`, `refuse` and the pump are the runner's; the pump passes
+                // FINs on, runs the half-close timer and closes what it joined itself.
+                break
+            }
+        }
     }
 }
 

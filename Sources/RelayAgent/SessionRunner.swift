@@ -25,90 +25,110 @@ struct SessionRunner {
         let timeout = TimeAmount.fromSeconds(config.connectTimeout)
         let session = AgentSession(
             id: connect.session, service: service.name, client: connect.client, target: "\(service.target)",
-            telemetry: self.state.telemetry.service(service.name))
+            telemetry: self.state.telemetry.service(service.name), halfCloseTimeout: config.halfCloseTimeout)
         session.telemetry.sessionOpened()
         self.state.add(session)
         defer { self.state.remove(session) }
         logger.info(
             "session open",
             metadata: ["service": "\(service.name)", "client": "\(connect.client)", "target": "\(service.target)"])
-        // S8: the relay is told why, and closes the client at once.
-        func refuse(_ code: ErrorCode, _ reason: String) {
-            control.refuse(session: connect.session, code: code, message: reason)
-            session.telemetry.sessionRefused(reason: code.rawValue)
-            logger.warning("session refused: \(reason)")
+        // Feeds an event; a `refuse` it asks for goes to the relay (S8), which closes the client at once.
+        @discardableResult
+        func handle(_ event: SessionStateMachine.Event) -> [SessionStateMachine.Action] {
+            let actions = session.handle(event)
+            for case .sendRefuse(let code, let message) in actions {
+                control.refuse(session: connect.session, code: code, message: message)
+            }
+            return actions
+        }
+        defer {
+            // Whatever path ended the run, its connections are closed now: the session closes.
+            handle(.connectionsClosed)
+            Self.logEnd(of: session, logger: logger)
         }
 
         // S9: the target first, so that a target that is down is refused with its reason.
+        guard session.start().contains(.dialTarget) else { return }
         let target: TCPConnection
         do {
             target = try await Network.dial(service.target, timeout: timeout, group: self.group, tuning: config.tcp)
         } catch {
-            refuse(.targetUnreachable, "cannot connect to \(service.target): \(Network.describe(error))")
+            handle(.targetFailed("cannot connect to \(service.target): \(Network.describe(error))"))
             return
         }
         session.adopt(target.channel)
 
         // Every connection is closed through executeThenClose: an NIOAsyncChannel dropped
         // without it traps when its writer is deinitialised.
-        let outcome: PumpOutcome?
         do {
-            outcome = try await target.executeThenClose { targetIn, targetOut -> PumpOutcome? in
+            try await target.executeThenClose { targetIn, targetOut in
                 // S10: a fresh data channel to the relay, attached to this session.
+                guard handle(.targetDialled).contains(.dialDataChannel) else { return }
                 let data: TCPConnection
                 do {
                     data = try await Network.dial(
                         config.relay, timeout: timeout, group: self.group, tuning: config.tcp)
                 } catch {
-                    refuse(
-                        .dataChannelFailed, "cannot open a data channel to \(config.relay): \(Network.describe(error))")
-                    return nil
+                    handle(
+                        .dataChannelFailed("cannot open a data channel to \(config.relay): \(Network.describe(error))"))
+                    return
                 }
                 session.adopt(data.channel)
-                return try await data.executeThenClose { dataIn, dataOut in
+                try await data.executeThenClose { dataIn, dataOut in
+                    guard handle(.dataChannelDialled).contains(.sendAttach) else { return }
                     let reader = InboundReader(dataIn)
-                    guard
-                        try await self.attach(
-                            connect, reader: reader, writer: dataOut, channel: data.channel, timeout: timeout,
-                            logger: logger)
-                    else {
-                        session.telemetry.sessionRefused(reason: "attach_refused")
-                        return nil
+                    if let rejected = try await self.attach(
+                        connect, reader: reader, writer: dataOut, channel: data.channel, timeout: timeout)
+                    {
+                        handle(.attachRejected(rejected))
+                        return
                     }
-                    session.markAttached(data.channel)
+                    guard handle(.attachAccepted).contains(.startPumping) else { return }
                     logger.info(
                         "session attached", metadata: ["data": "\(data.channel.localAddress?.displayString ?? "?")"])
                     let relaySide = PumpEndpoint(channel: data.channel, reader: reader, writer: dataOut)
                     let targetSide = PumpEndpoint(
                         channel: target.channel, reader: InboundReader(targetIn), writer: targetOut)
-                    return await self.pump.run(
+                    let outcome = await self.pump.run(
                         relaySide, targetSide, meter: session.meter, limits: config.pumpLimits)
+                    switch outcome {
+                    case .finished:
+                        handle(.finPassedOn(.first))
+                        handle(.finPassedOn(.second))
+                    case .failed(let endpoint, let why):
+                        handle(.failed(endpoint == .first ? .first : .second, why))
+                    }
                 }
             }
         } catch {
-            logger.warning("session failed: \(Network.describe(error))")
-            return
+            // Writing `attach` failed, or closing a connection did.
+            handle(.attachRejected(Network.describe(error)))
         }
-        guard let outcome else { return }
-        let reason: String =
-            switch outcome {
-            case _ where session.killed != nil: session.killed ?? "killed"
-            case .finished: "closed by both ends"
-            case .failed(.first, let why): "relay side: \(why)"
-            case .failed(.second, let why): "target: \(why)"
-            }
-        logger.sessionClosed(meter: session.meter, started: session.started, reason: reason)
     }
 
-    /// Sends `attach` and reads the relay's answer within `timeout`; `false` (logged) if refused.
+    /// Logs how a session ended: `session closed` once joined; before, `session refused`
+    /// when the relay was told so (S8), else `session failed`.
+    private static func logEnd(of session: AgentSession, logger: Logger) {
+        guard let end = session.end else { return }
+        switch end.reason {
+        case _ where end.joined:
+            logger.sessionClosed(meter: session.meter, started: session.started, reason: end.description)
+        case .targetUnreachable, .dataChannelFailed:
+            logger.warning("session refused: \(end)")
+        default:
+            logger.warning("session failed: \(end)")
+        }
+    }
+
+    /// Sends `attach` and reads the relay's answer within `timeout`: nil if accepted, else
+    /// why not ("relay refused the data channel: …").
     private func attach(
         _ connect: ControlMessage.Connect,
         reader: InboundReader,
         writer: NIOAsyncChannelOutboundWriter<ByteBuffer>,
         channel: any Channel,
-        timeout: TimeAmount,
-        logger: Logger
-    ) async throws -> Bool {
+        timeout: TimeAmount
+    ) async throws -> String? {
         let deadline = Deadline(on: channel.eventLoop, after: timeout) { channel.close(promise: nil) }
         defer { deadline.cancel() }
         try await writer.write(ControlCodec.encode(.attach(.init(session: connect.session, token: connect.token))))
@@ -116,19 +136,14 @@ struct SessionRunner {
         do {
             reply = try await reader.readMessage()
         } catch let error as ProtocolError {
-            logger.warning("session failed: bad answer to attach: \(error)")
-            return false
+            return "bad answer to attach: \(error)"
         }
         guard let reply else {
-            logger.warning(
-                "session failed: relay closed the data channel \(deadline.expired ? "(no answer in time)" : "before answering")"
-            )
-            return false
+            return "relay closed the data channel \(deadline.expired ? "(no answer in time)" : "before answering")"
         }
         if let error = AttachReply.evaluate(reply, session: connect.session) {
-            logger.warning("session failed: relay refused the data channel: \(error)")
-            return false
+            return "relay refused the data channel: \(error)"
         }
-        return true
+        return nil
     }
 }

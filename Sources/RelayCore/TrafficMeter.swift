@@ -19,6 +19,7 @@ public final class TrafficMeter: Sendable {
     /// When a byte last moved or a direction last ended (uptime nanoseconds).
     private let lastActivity = Atomic<UInt64>(NIODeadline.now().uptimeNanoseconds)
     private let sink: (any TrafficSink)?
+    private let finishObserver = Mutex<(@Sendable (_ forward: Bool) -> Void)?>(nil)
 
     /// A meter at zero; `sink`, if given, is told about every chunk as it moves.
     public init(sink: (any TrafficSink)? = nil) {
@@ -40,6 +41,12 @@ public final class TrafficMeter: Sendable {
         return .nanoseconds(Int64(now > last ? now - last : 0))
     }
 
+    /// Calls `body` when a direction finishes (its FIN passed on), from the pump's task,
+    /// after the meter shows it: how a session hears of a half-close while its pump runs.
+    public func onFinish(_ body: @escaping @Sendable (_ forward: Bool) -> Void) {
+        self.finishObserver.withLock { $0 = body }
+    }
+
     func add(_ count: Int, forward: Bool) {
         self.lastActivity.store(NIODeadline.now().uptimeNanoseconds, ordering: .relaxed)
         if forward {
@@ -57,5 +64,6 @@ public final class TrafficMeter: Sendable {
         } else {
             self.backwardDone.store(true, ordering: .relaxed)
         }
+        self.finishObserver.withLock { $0 }?(forward)
     }
 }

@@ -87,20 +87,22 @@ struct AgentPort {
             return await refuse(ProtocolError(.unknownSession, "no pending session with this id"))
         }
         switch session.claim(token: attach.token, dataChannel: channel) {
-        case .notPending:
-            await refuse(ProtocolError(.unknownSession, "the session is not waiting for a data channel"))
-        case .badToken:
-            await refuse(ProtocolError(.badToken, "wrong token for this session"))
-        case .claimed(let promise):
+        case .notPending(let error), .badToken(let error):
+            await refuse(error)
+        case .claimed:
             do {
                 try await outbound.write(ControlCodec.encode(.attached(.init(session: attach.session))))
             } catch {
-                promise.fail(SessionFailure.agentDisconnected)
+                session.handle(.attachedNotSent)
                 return
             }
             let done = channel.eventLoop.makePromise(of: Void.self)
-            promise.succeed(
-                DataLink(endpoint: PumpEndpoint(channel: channel, reader: reader, writer: outbound), done: done))
+            let endpoint = PumpEndpoint(channel: channel, reader: reader, writer: outbound)
+            guard session.join(DataLink(endpoint: endpoint, done: done)) else {
+                // Ended while `attached` was written (a kill): this task closes the data channel.
+                done.succeed()
+                return
+            }
             try? await done.futureResult.get()
         }
     }

@@ -33,20 +33,15 @@ struct ClientHandler {
                 logger.info(
                     "session open", metadata: ["service": "\(service)", "client": "\(client)", "agent": "\(link.id)"])
 
-                // S7: ask the agent; S8–S10 happen there; wait for the data channel or a reason.
-                let timeout = self.state.config.attachTimeout
-                let deadline = Deadline(on: channel.eventLoop, after: .fromSeconds(timeout)) {
-                    session.fail(.attachTimeout(timeout))
-                }
+                // S7: ask the agent; S8–S10 happen there; wait for the data channel or a reason
+                // (the session's attach timer runs since it opened).
                 let connect = ControlMessage.Connect(
                     session: session.id, service: service, token: session.token, client: client)
-                if !link.send(.connect(connect)) { session.fail(.agentCongested) }
+                if !link.send(.connect(connect)) { session.handle(.connectNotSent) }
                 let data: DataLink
                 do {
                     data = try await session.attached.get()
-                    deadline.cancel()
                 } catch {
-                    deadline.cancel()
                     logger.warning(
                         "session failed: \(error)",
                         metadata: ["service": "\(service)", "duration": "\(session.started.elapsedForLog)"]
@@ -62,16 +57,15 @@ struct ClientHandler {
                 let clientEnd = PumpEndpoint(channel: channel, reader: InboundReader(inbound), writer: outbound)
                 let outcome = await self.pump.run(
                     clientEnd, data.endpoint, meter: session.meter, limits: self.state.config.pumpLimits)
-                let reason: String
-                if let termination = session.termination {
-                    reason = termination.description
-                } else {
-                    switch outcome {
-                    case .finished: reason = "closed by both ends"
-                    case .failed(.first, let why): reason = "client: \(why)"
-                    case .failed(.second, let why): reason = "agent side: \(why)"
-                    }
+                switch outcome {
+                case .finished:
+                    session.handle(.finPassedOn(.first))
+                    session.handle(.finPassedOn(.second))
+                case .failed(let endpoint, let why):
+                    session.handle(.failed(endpoint == .first ? .first : .second, why))
                 }
+                session.handle(.connectionsClosed)
+                let reason = session.end?.description ?? "closed"
                 logger.sessionClosed(meter: session.meter, started: session.started, reason: reason)
             }
         } catch {

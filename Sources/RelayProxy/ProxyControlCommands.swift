@@ -3,6 +3,7 @@ import Glibc
 import Logging
 import NIOCore
 import RelayCore
+import RelayProtocol
 
 /// The relay's answers on its control socket (relayctl): status, agents, services,
 /// sessions, one session, kill, reload and metrics. See docs/protocol.md for the keys.
@@ -140,7 +141,7 @@ public struct ProxyControlCommands: Sendable {
         return .success(Self.report(session))
     }
 
-    /// Ends a session at once: ``ProxySession/terminate(_:)`` resets both connections, so
+    /// Ends a session at once: a kill resets both connections, so
     /// the client and the agent tear down without waiting.
     func kill(_ request: ControlRequest) -> ControlReply {
         guard let id = request.argument("id") else { return .failure(.badRequest, "'kill' needs args.id") }
@@ -152,7 +153,7 @@ public struct ProxyControlCommands: Sendable {
             "session killed by operator",
             metadata: ["session": "\(session.id)", "service": "\(session.service)", "client": "\(session.client)"])
         session.telemetry.sessionKilled()
-        session.terminate(.killed)
+        session.handle(.kill)
         return .success(KillReport(id: session.id, state: report.state))
     }
 
@@ -174,13 +175,7 @@ public struct ProxyControlCommands: Sendable {
 
     static func report(_ session: ProxySession) -> SessionReport {
         let phase = session.phase
-        var state: String
-        switch phase {
-        case .pending: state = "pending"
-        case .open: state = SessionReport.state(of: session.meter)
-        case .closed: state = "closing"
-        }
-        if session.termination != nil { state = "closing" }
+        let state = session.reportState
         var report = SessionReport(
             id: session.id,
             service: session.service,
@@ -197,20 +192,5 @@ public struct ProxyControlCommands: Sendable {
             report.dataRemote = dataChannel.remoteAddress?.displayString
         }
         return report
-    }
-}
-
-extension SessionFailure {
-    /// The `reason` label of `relay_sessions_refused_total`.
-    var metricReason: String {
-        switch self {
-        case .refused(let code, _): code.rawValue
-        case .attachTimeout: "attach_timeout"
-        case .agentDisconnected: "agent_disconnected"
-        case .agentCongested: "agent_congested"
-        case .shuttingDown: "shutting_down"
-        case .killed: "killed"
-        case .serviceRemoved: "service_removed"
-        }
     }
 }

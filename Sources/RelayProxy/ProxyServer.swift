@@ -183,9 +183,8 @@ public final class ProxyServer: Service, Sendable {
         for service in old.services where !newNames.contains(service.name) {
             self.closeListener(service.name)
             let live = self.state.sessions.filter { $0.service == service.name }
-            if new.removedServiceSessions == .close {
-                for session in live { session.terminate(.serviceRemoved) }
-            }
+            let removal: SessionStateMachine.Removal = new.removedServiceSessions == .close ? .close : .drain
+            for session in live { session.handle(.serviceRemoved(removal)) }
             let rule = new.removedServiceSessions.describe(liveSessions: live.count)
             changes.append("service '\(service.name)' removed (\(rule))")
         }
@@ -281,13 +280,14 @@ public final class ProxyServer: Service, Sendable {
             "shutting down: no longer accepting",
             metadata: ["sessions": "\(live)", "drainTimeoutSeconds": "\(drainTimeout)"])
         for agent in self.state.agents { agent.close(.shuttingDown, "the relay is shutting down") }
-        for session in self.state.sessions { session.fail(.shuttingDown) }
+        // Sessions still waiting for a data channel fail now; the others drain.
+        for session in self.state.sessions { session.handle(.stop) }
         if graceful, live > 0, await self.state.waitForNoSessions(timeout: .seconds(drainTimeout)) {
             self.logger.info("all sessions drained")
         }
         for session in self.state.sessions {
             self.logger.warning("closing a session still live at shutdown", metadata: ["session": "\(session.id)"])
-            session.terminate(.shuttingDown)
+            session.handle(.drainDeadlinePassed)
         }
         // Only now may the serving task group end (and cancel its helper tasks).
         self.listenerStartInput.finish()

@@ -112,21 +112,23 @@ final class ProxyState: Sendable {
         self.store.withLock { Array($0.agents.values) }
     }
 
-    /// Creates and records a session with a fresh id, unique among live sessions.
+    /// Creates and records a session with a fresh id, unique among live sessions, and starts
+    /// it (its attach timer runs); the caller sends its `connect`.
     func openSession(service: String, agent: String, client: String, clientChannel: any Channel) -> ProxySession {
         self.store.withLock { store in
             var id = SessionIDs.make()
             while store.sessions[id] != nil { id = SessionIDs.make() }
             let session = ProxySession(
                 id: id, service: service, agent: agent, client: client, clientChannel: clientChannel,
-                telemetry: self.telemetry.service(service))
+                telemetry: self.telemetry.service(service), attachTimeout: store.config.attachTimeout,
+                halfCloseTimeout: store.config.halfCloseTimeout)
             store.sessions[id] = session
             session.telemetry.sessionOpened()
             return session
         }
     }
 
-    /// Forgets a session that has ended.
+    /// Forgets a session whose connections are closed.
     func removeSession(_ session: ProxySession) {
         session.markClosed()
         self.store.withLock { store in

@@ -11,9 +11,6 @@ extension IOTests {
     /// `AgentLink`s, and `AgentState`, on real loopback channels where a channel is needed.
     @Suite(.timeLimit(.minutes(1)))
     struct SessionRegistryTests {
-        /// Completes a claimed session's promise, which the client task would otherwise do.
-        struct Finished: Error {}
-
         // MARK: - ProxyState
 
         @Test func openSessionsGetUniqueIdsAndTokens() async throws {
@@ -72,8 +69,7 @@ extension IOTests {
                 }
                 let joined = state.openSession(
                     service: "web", agent: "office", client: "j", clientChannel: client.channel)
-                guard case .claimed(let promise) = joined.claim(token: joined.token, dataChannel: agentSide.channel)
-                else {
+                guard case .claimed = joined.claim(token: joined.token, dataChannel: agentSide.channel) else {
                     Issue.record("claim failed")
                     return
                 }
@@ -88,7 +84,7 @@ extension IOTests {
                 }
                 if case .open = joined.phase {} else { Issue.record("an attached session was touched") }
                 #expect(Self.isPending(otherAgent), "another agent's session was failed")
-                promise.fail(Finished())
+                joined.handle(.attachedNotSent)
                 otherAgent.fail(.shuttingDown)
             }
         }
@@ -127,20 +123,18 @@ extension IOTests {
                 }
                 #expect(Self.isPending(session))
                 // Eight attaches at once with the right token: one wins.
-                let results = await withTaskGroup(of: EventLoopPromise<DataLink>?.self) { group in
+                let results = await withTaskGroup(of: Bool.self) { group in
                     for _ in 0..<8 {
                         group.addTask {
-                            if case .claimed(let promise) = session.claim(
-                                token: session.token, dataChannel: data.channel)
-                            {
-                                return promise
+                            if case .claimed = session.claim(token: session.token, dataChannel: data.channel) {
+                                return true
                             }
-                            return nil
+                            return false
                         }
                     }
                     return await group.reduce(into: []) { $0.append($1) }
                 }
-                let winners = results.compactMap { $0 }
+                let winners = results.filter { $0 }
                 #expect(winners.count == 1)
                 if case .open(let channel) = session.phase {
                     #expect(channel === data.channel)
@@ -158,7 +152,7 @@ extension IOTests {
                 } else {
                     Issue.record("a failed session was claimed")
                 }
-                for promise in winners { promise.fail(Finished()) }
+                session.handle(.attachedNotSent)
             }
         }
 
@@ -167,7 +161,7 @@ extension IOTests {
             try await Loopback.withConnection { outerClient, client in
                 let session = state.openSession(
                     service: "web", agent: "office", client: "a", clientChannel: client.channel)
-                session.terminate(.killed)
+                session.handle(.kill)
                 #expect(await Self.failure(of: session).map { "\($0)" } == "\(SessionFailure.killed)")
                 if case .killed? = session.termination {} else { Issue.record("termination not recorded") }
                 let seen = try await Timing.withTimeout(5) { await outerClient.receive(TestPattern(seed: 0)) }
@@ -181,17 +175,15 @@ extension IOTests {
                 try await Loopback.withConnection { agent, data in
                     let session = state.openSession(
                         service: "web", agent: "office", client: "a", clientChannel: client.channel)
-                    guard case .claimed(let promise) = session.claim(token: session.token, dataChannel: data.channel)
-                    else {
+                    guard case .claimed = session.claim(token: session.token, dataChannel: data.channel) else {
                         Issue.record("claim failed")
                         return
                     }
-                    session.terminate(.killed)
+                    session.handle(.kill)
                     for peer in [outerClient, agent] {
                         let seen = try await Timing.withTimeout(5) { await peer.receive(TestPattern(seed: 0)) }
                         #expect(seen?.end?.isReset == true, "\(String(describing: seen))")
                     }
-                    promise.fail(Finished())
                 }
             }
         }
@@ -251,8 +243,8 @@ extension IOTests {
                     session.adopt(target.channel)
                     session.adopt(data.channel)
                     #expect(session.connections.count == 2)
-                    session.kill()
-                    #expect(session.killed == "killed by operator")
+                    session.handle(.kill)
+                    #expect(session.end?.description == "killed by operator")
                     for peer in [targetPeer, relayPeer] {
                         let seen = try await Timing.withTimeout(5) { await peer.receive(TestPattern(seed: 0)) }
                         #expect(seen?.end?.isReset == true, "\(String(describing: seen))")
