@@ -107,6 +107,7 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
+        .testTarget(name: "RelayDataPlaneTests", dependencies: ["RelayDataPlane"]),
         .testTarget(
             name: "RelayIntegrationTests",
             dependencies: [
