@@ -148,6 +148,40 @@ extension SpliceTests {
             }
         }
 
+        /// A peer that half-closes and then resets: nothing reads its socket any more (its
+        /// direction has ended) and nothing may be written to it, yet the reset must tear the
+        /// session down at once (the NIO pump watches `closeFuture` for this), not linger
+        /// until the half-close limit.
+        @Test(arguments: Side.allCases, [SplicePlane.Trigger.edge, .level])
+        func aResetAfterAHalfCloseTearsBothSidesDown(resetter: Side, trigger: SplicePlane.Trigger) async throws {
+            try await withPlane(trigger: trigger) { plane in
+                let rig = try SpliceRig.start(on: plane)
+                defer { rig.close() }
+                let closing = rig.outer(resetter)
+                let other = rig.outer(resetter.other)
+                try closing.finishWriting()
+                #expect(await other.receive(Self.up).isIntact(0))
+                let start = ContinuousClock.now
+                closing.reset()
+                let outcome = await rig.session.outcome(timeout: .seconds(5))
+                let elapsed = Timing.milliseconds(since: start)
+                print(
+                    "figure: reset after a half-close by the \(resetter) (\(trigger)): ended in \(elapsed) ms: "
+                        + "\(outcome.map { "\($0)" } ?? "not ended")")
+                #expect(elapsed < 2000)
+                guard case .failed(let side, let reason)? = outcome else {
+                    Issue.record("the session did not fail: \(String(describing: outcome))")
+                    return
+                }
+                #expect(side == resetter.spliceSide)
+                // Linux reports a reset that comes after the peer's FIN (CLOSE_WAIT) as EPIPE.
+                #expect(reason == "broken pipe" || reason.contains("reset"), "\(reason)")
+                // The other peer had read the FIN, so its reads end cleanly; its writes fail.
+                let late: Void? = try? await other.write("late")
+                #expect(late == nil, "the \(resetter.other)'s connection was not reset")
+            }
+        }
+
         /// S12: bytes read past a handshake line (given as pending) go before anything
         /// spliced, both ways; the backward ones are more than the sockets on the way hold
         /// while the client does not read yet, so writing them meets a full socket.
