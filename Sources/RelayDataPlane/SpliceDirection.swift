@@ -114,7 +114,9 @@ struct SpliceDirection {
                     moved = true
                 } else if spliced < 0 && errno == EAGAIN {
                     self.destinationWritable = false
-                } else if spliced < 0 && errno != EINTR {
+                } else if spliced < 0 && errno == EINTR {
+                    moved = true  // Try again: in edge-triggered mode no new event would come.
+                } else if spliced < 0 {
                     return .failure(.destination(errno))
                 }
             }
@@ -131,7 +133,9 @@ struct SpliceDirection {
                     moved = true
                 } else if errno == EAGAIN {
                     self.sourceReadable = false
-                } else if errno != EINTR {
+                } else if errno == EINTR {
+                    moved = true
+                } else {
                     return .failure(.source(errno))
                 }
             }
