@@ -57,7 +57,8 @@ enum Side: String, Sendable, CaseIterable {
 
 /// Runs `body` with a plane of `loops` loops, shut down afterwards, and every rig it made closed.
 func withPlane<R: Sendable>(
-    loops: Int = 2, trigger: SplicePlane.Trigger = .edge, _ body: (SplicePlane) async throws -> R
+    loops: Int = 2, trigger: SplicePlane.Trigger = SplicePlane.Configuration().trigger,
+    _ body: (SplicePlane) async throws -> R
 ) async throws -> R {
     let plane = try SplicePlane(SplicePlane.Configuration(loops: loops, trigger: trigger))
     do {
