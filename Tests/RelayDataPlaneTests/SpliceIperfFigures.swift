@@ -63,7 +63,8 @@ extension SpliceTests {
             server.arguments = ["-s", "-1", "-p", "\(serverPort)"]
             server.standardOutput = FileHandle.nullDevice
             try server.run()
-            defer { server.terminate() }
+            // SIGKILL: an iperf3 server still waiting for its one test may outlive a SIGTERM.
+            defer { kill(server.processIdentifier, SIGKILL) }
             try await Task.sleep(for: .milliseconds(300))
             var port = serverPort
             var listener: Int32 = -1
