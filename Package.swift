@@ -65,6 +65,11 @@ let package = Package(
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ]
         ),
+        // Linux calls Swift's Glibc module leaves out: epoll, eventfd, splice(2), pipe2, F_SETPIPE_SZ.
+        .target(name: "CDataPlane"),
+        // The splice(2) data plane: epoll loops on their own threads that join plain sockets in
+        // the kernel (socket -> pipe -> socket). No NIO; Linux only.
+        .target(name: "RelayDataPlane", dependencies: ["CDataPlane"]),
         // The real libsystemd (Debian: libsystemd-dev), and a small Swift API over it.
         .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
         .target(name: "RelaySystemd", dependencies: ["CSystemd", "RelayCore"]),
@@ -102,6 +107,7 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
+        .testTarget(name: "RelayDataPlaneTests", dependencies: ["RelayDataPlane"]),
         .testTarget(
             name: "RelayIntegrationTests",
             dependencies: [

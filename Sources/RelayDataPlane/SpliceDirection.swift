@@ -1,0 +1,161 @@
+import CDataPlane
+import Glibc
+
+/// One direction of a spliced session: source socket → pipe → destination socket, all in
+/// the kernel, preceded by the bytes that were already read from the source (S12).
+///
+/// Backpressure is the pipe: the source is read only while the pipe is empty, and the pipe
+/// is emptied only as fast as the destination takes it, so a direction holds at most one
+/// pipe of bytes; the rest waits in the source socket's receive queue and TCP stalls the
+/// sender. The two readiness flags say what the loop has to wait for: EPOLLIN on the source
+/// when the pipe is empty and the source would block, EPOLLOUT on the destination when bytes
+/// are waiting and the destination would block. They start true (try first, wait after).
+struct SpliceDirection {
+    /// The most bytes one direction moves in one turn before the loop serves its other
+    /// sessions (then comes back without waiting for epoll): one busy session must not
+    /// starve the rest of its loop.
+    static let turnBytes = 1 << 20
+
+    /// What a turn did.
+    enum Turn: Equatable {
+        /// Nothing moved: the direction waits for epoll (or has ended).
+        case idle
+        /// Bytes moved or the direction ended, and now it waits for epoll.
+        case moved
+        /// It used up ``turnBytes`` and could go on: the loop must come back to it.
+        case unfinished
+    }
+
+    /// Where a failed call failed.
+    enum Failure: Error {
+        /// Reading the source socket.
+        case source(Int32)
+        /// Writing, or shutting down, the destination socket.
+        case destination(Int32)
+    }
+
+    let source: Descriptor
+    let destination: Descriptor
+    /// First → second.
+    let forward: Bool
+    private(set) var pipe: Pipe
+    /// Bytes in the pipe (spliced in, not yet out).
+    private(set) var inPipe = 0
+    /// Bytes read from the source before the session started, written out before anything else.
+    private var pending: [UInt8]
+    private var pendingSent = 0
+    /// The source may have bytes (or its end of stream) to read: cleared by EAGAIN, set by EPOLLIN.
+    var sourceReadable = true
+    /// The destination may take bytes: cleared by EAGAIN, set by EPOLLOUT.
+    var destinationWritable = true
+    /// The source's end of stream was read.
+    private(set) var sourceEnded = false
+    /// The end of stream was passed on: the destination's write side is shut down.
+    private(set) var finished = false
+
+    init(source: Descriptor, destination: Descriptor, forward: Bool, pipe: Pipe, pending: [UInt8]) {
+        self.source = source
+        self.destination = destination
+        self.forward = forward
+        self.pipe = pipe
+        self.pending = pending
+    }
+
+    /// Waiting for the source to become readable.
+    var awaitsSource: Bool {
+        !self.finished && !self.sourceEnded && !self.sourceReadable && self.inPipe == 0
+            && self.pendingSent == self.pending.count
+    }
+
+    /// Waiting for the destination to become writable.
+    var awaitsDestination: Bool {
+        !self.finished && !self.destinationWritable && (self.inPipe > 0 || self.pendingSent < self.pending.count)
+    }
+
+    /// Moves every byte it can without blocking (at most about ``turnBytes``), and passes
+    /// the end of stream on once the pipe is empty. Returns what the turn did, or the failure.
+    mutating func run(meter: any SpliceMeter) -> Result<Turn, Failure> {
+        var turn = Turn.idle
+        var movedBytes = 0
+        while true {
+            var moved = false
+            // S12: the bytes read before the session started go first.
+            while self.pendingSent < self.pending.count && self.destinationWritable {
+                let (destination, offset) = (self.destination.rawValue, self.pendingSent)
+                let sent = self.pending.withUnsafeBytes { bytes in
+                    send(
+                        destination, bytes.baseAddress! + offset, bytes.count - offset,
+                        Int32(MSG_NOSIGNAL | MSG_DONTWAIT))
+                }
+                if sent > 0 {
+                    self.pendingSent += sent
+                    movedBytes += sent
+                    meter.add(sent, forward: self.forward)
+                    moved = true
+                } else if errno == EAGAIN {
+                    self.destinationWritable = false
+                } else if errno != EINTR {
+                    return .failure(.destination(errno))
+                }
+            }
+            if self.pendingSent < self.pending.count { break }
+            if !self.pending.isEmpty {
+                self.pending = []
+                self.pendingSent = 0
+            }
+            // Empty the pipe into the destination.
+            if self.inPipe > 0 && self.destinationWritable {
+                let spliced = cdataplane_splice(
+                    self.pipe.read.rawValue, self.destination.rawValue, self.inPipe, cdataplane_splice_flags)
+                if spliced > 0 {
+                    self.inPipe -= spliced
+                    movedBytes += spliced
+                    meter.add(spliced, forward: self.forward)
+                    moved = true
+                } else if spliced < 0 && errno == EAGAIN {
+                    self.destinationWritable = false
+                } else if spliced < 0 && errno == EINTR {
+                    moved = true  // Try again: in edge-triggered mode no new event would come.
+                } else if spliced < 0 {
+                    return .failure(.destination(errno))
+                }
+            }
+            // Refill it from the source, only once it is empty: then EAGAIN can only mean
+            // the source has nothing (with bytes in the pipe it may mean a full pipe).
+            if self.inPipe == 0 && !self.sourceEnded && self.sourceReadable {
+                let spliced = cdataplane_splice(
+                    self.source.rawValue, self.pipe.write.rawValue, self.pipe.capacity, cdataplane_splice_flags)
+                if spliced > 0 {
+                    self.inPipe = spliced
+                    moved = true
+                } else if spliced == 0 {
+                    self.sourceEnded = true
+                    moved = true
+                } else if errno == EAGAIN {
+                    self.sourceReadable = false
+                } else if errno == EINTR {
+                    moved = true
+                } else {
+                    return .failure(.source(errno))
+                }
+            }
+            guard moved else { break }
+            turn = .moved
+            if movedBytes >= Self.turnBytes {
+                turn = .unfinished
+                break
+            }
+        }
+        // End of stream, and every byte before it is in the destination's socket: pass it on.
+        // The kernel sends the queued bytes before the FIN, so the tail is never lost.
+        if self.sourceEnded && self.inPipe == 0 && !self.finished {
+            guard shutdown(self.destination.rawValue, Int32(SHUT_WR)) == 0 else {
+                return .failure(.destination(errno))
+            }
+            self.finished = true
+            meter.finish(forward: self.forward)
+            if turn == .idle { turn = .moved }
+        }
+        return .success(turn)
+    }
+}

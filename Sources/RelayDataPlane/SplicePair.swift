@@ -1,0 +1,135 @@
+import CDataPlane
+import Glibc
+
+/// One spliced session as its loop holds it: the two sockets, a direction each way, the
+/// readiness the loop has learned from epoll, and the half-close clock. Lives on its loop's
+/// thread only.
+final class SplicePair {
+    let id: UInt64
+    let first: Descriptor
+    let second: Descriptor
+    /// First → second.
+    var forward: SpliceDirection
+    /// Second → first.
+    var backward: SpliceDirection
+    let meter: any SpliceMeter
+    let session: SpliceSession
+    let limits: SpliceLimits
+    /// ``SpliceLimits/halfCloseTimeout`` in nanoseconds.
+    let halfCloseNanoseconds: UInt64?
+
+    /// When a byte last moved or a direction last ended, in monotonic nanoseconds; kept
+    /// only once one direction has ended (before that, the FIN itself is the later event).
+    var lastActivity: UInt64 = 0
+    /// EPOLLERR came for the first or the second socket: look at SO_ERROR before moving bytes.
+    var errorOnFirst = false
+    var errorOnSecond = false
+    /// Both sockets are registered with the loop's epoll.
+    var watched = false
+    /// The events registered per socket (what level-triggered mode changes).
+    private var maskFirst: UInt32 = 0
+    private var maskSecond: UInt32 = 0
+    /// Already in the loop's list of pairs to service after this batch of events.
+    var scheduled = false
+    /// Ended: its sockets are closed (their numbers may already be reused), so it must not
+    /// be serviced again, even from a list it is still in.
+    var ended = false
+
+    init(
+        id: UInt64, first: Descriptor, second: Descriptor, pipes: (Pipe, Pipe), pending: ([UInt8], [UInt8]),
+        meter: any SpliceMeter, session: SpliceSession, limits: SpliceLimits
+    ) {
+        self.id = id
+        self.first = first
+        self.second = second
+        self.forward = SpliceDirection(
+            source: first, destination: second, forward: true, pipe: pipes.0, pending: pending.0)
+        self.backward = SpliceDirection(
+            source: second, destination: first, forward: false, pipe: pipes.1, pending: pending.1)
+        self.meter = meter
+        self.session = session
+        self.limits = limits
+        self.halfCloseNanoseconds = limits.halfCloseTimeout.map { duration in
+            let (seconds, attoseconds) = duration.components
+            return UInt64(max(0, seconds)) * 1_000_000_000 + UInt64(max(0, attoseconds) / 1_000_000_000)
+        }
+    }
+
+    /// Both directions have passed their end of stream on.
+    var isFinished: Bool { self.forward.finished && self.backward.finished }
+
+    /// Exactly one direction has ended.
+    var isHalfClosed: Bool { self.forward.finished != self.backward.finished }
+
+    /// The events registered for `side`'s socket.
+    func watching(_ side: SpliceSide) -> UInt32 {
+        side == .first ? self.maskFirst : self.maskSecond
+    }
+
+    /// Records what `side`'s socket is registered for.
+    func setWatching(_ side: SpliceSide, _ mask: UInt32) {
+        if side == .first { self.maskFirst = mask } else { self.maskSecond = mask }
+    }
+
+    /// Learns from an epoll event on `side`'s socket. Hang-up and error wake both
+    /// directions too: the next read or write reports what happened.
+    func note(_ events: UInt32, on side: SpliceSide) {
+        let readable = events & (EPOLLIN.rawValue | EPOLLRDHUP.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0
+        let writable = events & (EPOLLOUT.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0
+        let error = events & EPOLLERR.rawValue != 0
+        switch side {
+        case .first:
+            if readable { self.forward.sourceReadable = true }
+            if writable { self.backward.destinationWritable = true }
+            if error { self.errorOnFirst = true }
+        case .second:
+            if readable { self.backward.sourceReadable = true }
+            if writable { self.forward.destinationWritable = true }
+            if error { self.errorOnSecond = true }
+        }
+    }
+
+    /// Moves what both directions can move now. Returns what the turn did (unfinished if
+    /// either direction is), or the side whose socket failed and its errno.
+    func run() -> Result<SpliceDirection.Turn, PairFailure> {
+        // A pending socket error (a reset) fails the session at once, even when no direction
+        // has anything to read or write on that socket any more.
+        if self.errorOnFirst {
+            self.errorOnFirst = false
+            let code = self.first.takePendingError()
+            if code != 0 { return .failure(PairFailure(side: .first, code: code)) }
+        }
+        if self.errorOnSecond {
+            self.errorOnSecond = false
+            let code = self.second.takePendingError()
+            if code != 0 { return .failure(PairFailure(side: .second, code: code)) }
+        }
+        let forward: SpliceDirection.Turn
+        switch self.forward.run(meter: self.meter) {
+        case .success(let turn): forward = turn
+        case .failure(.source(let code)): return .failure(PairFailure(side: .first, code: code))
+        case .failure(.destination(let code)): return .failure(PairFailure(side: .second, code: code))
+        }
+        switch self.backward.run(meter: self.meter) {
+        case .success(let backward):
+            if forward == .unfinished || backward == .unfinished { return .success(.unfinished) }
+            return .success(forward == .moved || backward == .moved ? .moved : .idle)
+        case .failure(.source(let code)): return .failure(PairFailure(side: .second, code: code))
+        case .failure(.destination(let code)): return .failure(PairFailure(side: .first, code: code))
+        }
+    }
+
+    /// The level-triggered interest of `side`'s socket: EPOLLIN while the direction reading
+    /// it waits for bytes, EPOLLOUT while the direction writing it waits for room. Errors and
+    /// hang-ups are reported whatever the interest.
+    func interest(of side: SpliceSide) -> UInt32 {
+        let (reading, writing) = side == .first ? (self.forward, self.backward) : (self.backward, self.forward)
+        return (reading.awaitsSource ? EPOLLIN.rawValue : 0) | (writing.awaitsDestination ? EPOLLOUT.rawValue : 0)
+    }
+}
+
+/// A socket of a pair failed: which one, with which errno.
+struct PairFailure: Error {
+    let side: SpliceSide
+    let code: Int32
+}
