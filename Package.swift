@@ -31,7 +31,7 @@ let package = Package(
         .target(
             name: "RelayCore",
             dependencies: [
-                "RelayProtocol",
+                "RelayProtocol", "RelayDataPlane",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

@@ -4,6 +4,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "CDataPlane.h"
@@ -39,4 +40,8 @@ void cdataplane_name_thread(const char *name) {
 
 void cdataplane_ignore_sigpipe(void) {
     signal(SIGPIPE, SIG_IGN);
+}
+
+int cdataplane_accept(int fd) {
+    return accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 }

@@ -12,9 +12,15 @@ public final class InboundReader: @unchecked Sendable {
     private var inRawMode = false
 
     /// Starts reading `stream`; lines longer than `maxLineBytes` are a protocol error.
-    public init(_ stream: NIOAsyncChannelInboundStream<ByteBuffer>, maxLineBytes: Int = ProtocolLimits.maxLineBytes) {
+    /// `buffered`: bytes already read from the socket before NIO adopted it (past a
+    /// handshake line read on the descriptor), which come first.
+    public init(
+        _ stream: NIOAsyncChannelInboundStream<ByteBuffer>, maxLineBytes: Int = ProtocolLimits.maxLineBytes,
+        buffered: [UInt8] = []
+    ) {
         self.iterator = stream.makeAsyncIterator()
         self.framer = LineFramer(maxLineBytes: maxLineBytes)
+        if !buffered.isEmpty { self.framer.append(ByteBuffer(bytes: buffered)) }
     }
 
     /// The next complete line, or `nil` at end of stream (a partial last line is dropped).

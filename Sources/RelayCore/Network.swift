@@ -2,6 +2,7 @@ import FoundationEssentials
 import Glibc
 import NIOCore
 import NIOPosix
+import RelayDataPlane
 import Synchronization
 
 /// A TCP connection as the async code sees it: raw bytes in, raw bytes out.
@@ -112,8 +113,24 @@ public enum Network {
         throw firstError!
     }
 
+    /// Adopts a connected socket the daemon owns into NIO (a control channel, or a session
+    /// pumped in user space): NIO owns the descriptor from then on and closes it.
+    public static func adopt(_ socket: OwnedSocket, group: any EventLoopGroup) async throws -> TCPConnection {
+        guard let descriptor = socket.take() else { throw SocketIOError.closed }
+        return try await ClientBootstrap(group: group)
+            .channelOption(.allowRemoteHalfClosure, value: true)
+            .withConnectedSocket(descriptor.rawValue) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try TCPConnection(
+                        wrappingChannelSynchronously: channel, configuration: self.connectionConfiguration)
+                }
+            }
+    }
+
     /// A network error in a few lowercase words ("connection refused", "timed out").
     public static func describe(_ error: any Error) -> String {
+        if let error = error as? SocketIOError { return error.description }
+        if let error = error as? SystemError { return SystemError.describe(error.code) }
         if let error = error as? IOError { return String(cString: strerror(error.errnoCode)).lowercased() }
         if let error = error as? ChannelError, case .connectTimeout = error { return "timed out" }
         if let error = error as? NIOConnectionError {

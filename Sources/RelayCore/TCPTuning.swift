@@ -1,4 +1,5 @@
 import NIOCore
+import RelayDataPlane
 
 #if canImport(Glibc)
     import Glibc
@@ -94,6 +95,18 @@ public struct TCPTuning: Sendable, Equatable {
             try options.setOption(.tcpOption(.init(rawValue: TCP_KEEPCNT)), value: Int(Self.keepaliveProbes))
         }
         try Self.setUserTimeout(self.userTimeout(for: role), on: options)
+    }
+
+    /// Applies the settings for `role` to a TCP socket the daemon owns as a descriptor.
+    public func apply(to descriptor: Descriptor, role: Role) throws(SystemError) {
+        if let times = self.keepaliveTimes {
+            try descriptor.setOption(level: SOL_SOCKET, name: SO_KEEPALIVE, value: 1)
+            try descriptor.setOption(level: Int32(IPPROTO_TCP), name: TCP_KEEPIDLE, value: times.idle)
+            try descriptor.setOption(level: Int32(IPPROTO_TCP), name: TCP_KEEPINTVL, value: times.interval)
+            try descriptor.setOption(level: Int32(IPPROTO_TCP), name: TCP_KEEPCNT, value: Self.keepaliveProbes)
+        }
+        let milliseconds = Int32(min(max(0, self.userTimeout(for: role)) * 1000, Double(Int32.max)))
+        try descriptor.setOption(level: Int32(IPPROTO_TCP), name: Int32(TCP_USER_TIMEOUT), value: milliseconds)
     }
 
     /// Gives an accepted connection the control channel's user timeout, once its first

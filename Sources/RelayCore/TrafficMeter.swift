@@ -1,4 +1,5 @@
 import NIOCore
+import RelayDataPlane
 import Synchronization
 
 /// Something told about every chunk a pump moves, while it moves (per-service counters).
@@ -11,7 +12,7 @@ public protocol TrafficSink: Sendable {
 ///
 /// "Forward" is from the pump's first endpoint to its second (at the relay: client → agent,
 /// so bytes in); "backward" is the other way (bytes out).
-public final class TrafficMeter: Sendable {
+public final class TrafficMeter: SpliceMeter {
     private let forwardBytes = Atomic<Int64>(0)
     private let backwardBytes = Atomic<Int64>(0)
     private let forwardDone = Atomic<Bool>(false)
@@ -47,7 +48,8 @@ public final class TrafficMeter: Sendable {
         self.finishObserver.withLock { $0 = body }
     }
 
-    func add(_ count: Int, forward: Bool) {
+    /// `count` bytes reached their destination (called by a pump).
+    public func add(_ count: Int, forward: Bool) {
         self.lastActivity.store(NIODeadline.now().uptimeNanoseconds, ordering: .relaxed)
         if forward {
             self.forwardBytes.wrappingAdd(Int64(count), ordering: .relaxed)
@@ -57,7 +59,8 @@ public final class TrafficMeter: Sendable {
         self.sink?.add(count, forward: forward)
     }
 
-    func finish(forward: Bool) {
+    /// A direction's FIN was passed on (called by a pump).
+    public func finish(forward: Bool) {
         self.lastActivity.store(NIODeadline.now().uptimeNanoseconds, ordering: .relaxed)
         if forward {
             self.forwardDone.store(true, ordering: .relaxed)

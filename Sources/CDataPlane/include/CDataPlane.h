@@ -34,4 +34,7 @@ void cdataplane_name_thread(const char *name);
 /// signal(SIGPIPE, SIG_IGN): SIG_IGN is a cast macro Swift cannot import.
 void cdataplane_ignore_sigpipe(void);
 
+// accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC): a GNU call.
+int cdataplane_accept(int fd);
+
 #endif

@@ -1,0 +1,70 @@
+import RelayDataPlane
+
+/// The kernel data plane: both sockets go to a ``SplicePlane`` (socket → pipe → socket with
+/// splice(2), on epoll loops of its own), so no byte of a plaintext session enters user space.
+public struct SpliceDataPlane: DataPlane {
+    /// The loops every session of the process shares.
+    public let plane: SplicePlane
+
+    /// A data plane over `plane`.
+    public init(plane: SplicePlane) {
+        self.plane = plane
+    }
+
+    /// The process's one splice plane (one loop per CPU), started on first use.
+    public static let shared: SplicePlane = {
+        do {
+            return try SplicePlane()
+        } catch {
+            fatalError("cannot start the splice data plane: \(error)")
+        }
+    }()
+
+    public func start(_ first: OwnedSocket, _ second: OwnedSocket, meter: TrafficMeter, limits: PumpLimits)
+        -> any PumpRunning
+    {
+        let pendingForward = first.pending.withLock { $0 }
+        let pendingBackward = second.pending.withLock { $0 }
+        guard let firstDescriptor = first.take() else {
+            second.reset()
+            return Finished(outcome: .failed(endpoint: .first, reason: "connection closed"))
+        }
+        guard let secondDescriptor = second.take() else {
+            firstDescriptor.reset()
+            return Finished(outcome: .failed(endpoint: .second, reason: "connection closed"))
+        }
+        let session = self.plane.start(
+            first: firstDescriptor, second: secondDescriptor, pendingForward: pendingForward,
+            pendingBackward: pendingBackward, meter: meter,
+            limits: SpliceLimits(halfCloseTimeout: limits.halfCloseTimeout))
+        return Running(session: session)
+    }
+
+    private struct Running: PumpRunning {
+        let session: SpliceSession
+
+        func kill(reason: String) {
+            self.session.kill(reason: reason)
+        }
+
+        var outcome: PumpOutcome {
+            get async { Self.outcome(of: await self.session.outcome) }
+        }
+
+        /// The splice outcome in the pump's terms (the side whose socket failed or idled).
+        static func outcome(of outcome: SpliceOutcome) -> PumpOutcome {
+            switch outcome {
+            case .finished: .finished
+            case .failed(let side, let reason): .failed(endpoint: side == .first ? .first : .second, reason: reason)
+            case .halfCloseTimeout(let idle, _):
+                .failed(endpoint: idle == .first ? .first : .second, reason: outcome.reason)
+            case .aborted(let reason): .failed(endpoint: .first, reason: reason)
+            }
+        }
+    }
+
+    private struct Finished: PumpRunning {
+        let outcome: PumpOutcome
+        func kill(reason: String) {}
+    }
+}

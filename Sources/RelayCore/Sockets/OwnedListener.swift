@@ -1,0 +1,107 @@
+import Glibc
+import Logging
+import NIOCore
+import RelayDataPlane
+import Synchronization
+
+/// A listening TCP socket the daemon bound itself or adopted from systemd, accepting
+/// connections as plain descriptors (``OwnedSocket``), so that a session's sockets are
+/// the daemon's from birth and a data plane can splice them.
+public final class OwnedListener: Sendable {
+    /// The address it listens on, as logged.
+    public let localAddress: String
+    private let descriptor: Mutex<Int32?>
+    /// Set by ``close()``: the accept loop ends and the socket is closed.
+    private let closed = Atomic<Bool>(false)
+
+    private init(_ descriptor: Descriptor) {
+        self.descriptor = Mutex(descriptor.rawValue)
+        self.localAddress = SocketAddress.display(descriptor.address(peer: false))
+    }
+
+    /// Binds a listener on `address` with ``Network/listenBacklog``.
+    public static func bind(_ address: SocketAddress) throws -> OwnedListener {
+        let descriptor = try Descriptor.tcpSocket(family: address.protocol.rawValue)
+        do {
+            try address.withSockAddr { pointer, length in
+                try descriptor.bindAndListen(pointer, length: length, backlog: Network.listenBacklog)
+            }
+        } catch {
+            descriptor.close()
+            throw error
+        }
+        return OwnedListener(descriptor)
+    }
+
+    /// Adopts a listening socket systemd passed (socket activation): made nonblocking and
+    /// close-on-exec here; it must be a listening stream socket.
+    public static func adopt(_ rawDescriptor: CInt) throws -> OwnedListener {
+        let descriptor = Descriptor(rawValue: rawDescriptor)
+        var listening: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        guard getsockopt(rawDescriptor, SOL_SOCKET, SO_ACCEPTCONN, &listening, &length) == 0 else {
+            throw SystemError(call: "getsockopt(SO_ACCEPTCONN)")
+        }
+        guard listening != 0 else { throw SystemError(call: "listen", code: EINVAL) }
+        try descriptor.setNonBlocking()
+        try descriptor.setCloseOnExec()
+        return OwnedListener(descriptor)
+    }
+
+    /// Accepts until ``close()``, handing each connection, with `tuning()` applied for a
+    /// session connection, to `handler` in a task of its own. Ends when closed; a failing
+    /// accept (out of descriptors) is logged and retried after a pause, never fatal.
+    public func run(
+        logger: Logger, tuning: @escaping @Sendable () -> TCPTuning,
+        handler: @escaping @Sendable (OwnedSocket) async -> Void
+    ) async {
+        await withDiscardingTaskGroup { group in
+            while !self.closed.load(ordering: .relaxed) {
+                guard let raw = self.descriptor.withLock({ $0 }) else { break }
+                let listening = Descriptor(rawValue: raw)
+                let accepted: Descriptor?
+                do {
+                    accepted = try listening.accept()
+                } catch {
+                    if self.closed.load(ordering: .relaxed) { break }
+                    logger.error("accept failed: \(error); retrying in \(Self.acceptRetryPause)")
+                    try? await Task.sleep(for: Self.acceptRetryPause)
+                    continue
+                }
+                guard let accepted else {
+                    if await SocketIO.readiness.wait(for: .readable, on: listening) != .ready { break }
+                    continue
+                }
+                try? accepted.setNoDelay()
+                try? tuning().apply(to: accepted, role: .data)
+                let socket = OwnedSocket(accepted)
+                group.addTask { await handler(socket) }
+            }
+            self.closeDescriptor()
+        }
+    }
+
+    /// After a failing accept (EMFILE, ENFILE, ENOBUFS), how long the loop waits before it
+    /// tries again: the queued connection stays queued meanwhile.
+    public static let acceptRetryPause = Duration.milliseconds(100)
+
+    /// Stops accepting: the loop ends and the socket closes. Connections accepted before go on.
+    public func close() {
+        guard !self.closed.exchange(true, ordering: .relaxed) else { return }
+        // Wakes a waiting accept loop: a listening socket shut down reads as ready (EINVAL).
+        if let raw = self.descriptor.withLock({ $0 }) { _ = shutdown(raw, Int32(SHUT_RDWR)) }
+    }
+
+    private func closeDescriptor() {
+        if let raw = self.descriptor.withLock({ descriptor in
+            defer { descriptor = nil }
+            return descriptor
+        }) {
+            _ = Glibc.close(raw)
+        }
+    }
+
+    deinit {
+        if let raw = self.descriptor.withLock({ $0 }) { _ = Glibc.close(raw) }
+    }
+}
