@@ -51,6 +51,10 @@ public struct AgentConfig: Sendable, DaemonSettings {
     /// What a reload does with the live sessions of a removed service (`removedServiceSessions`).
     public var removedServiceSessions = RemovedServiceRule.drain
 
+    /// Where sessions' bytes move (`dataPlane`: "splice", the default, or "userspace");
+    /// read at start, kept until a restart.
+    public var dataPlane = DataPlaneKind.default
+
     /// The limits a session opened now runs with.
     public var pumpLimits: PumpLimits { PumpLimits(halfCloseTimeoutSeconds: self.halfCloseTimeout) }
 
@@ -59,7 +63,7 @@ public struct AgentConfig: Sendable, DaemonSettings {
         "heartbeatTimeoutSeconds", "connectTimeoutSeconds", "reconnectInitialDelaySeconds",
         "reconnectMaxDelaySeconds", "drainTimeoutSeconds", "metrics",
     ])
-    .union(ConfigReader.tcpTuningKeys).union(["halfCloseTimeoutSeconds", "removedServiceSessions"])
+    .union(ConfigReader.tcpTuningKeys).union(["halfCloseTimeoutSeconds", "removedServiceSessions", "dataPlane"])
 
     /// Reads and validates the file at `path`; the error lists every problem with its JSON path.
     public static func load(path: String) throws(ConfigError) -> AgentConfig {
@@ -113,6 +117,7 @@ public struct AgentConfig: Sendable, DaemonSettings {
         let tcp = reader.tcpTuning(root)
         let removedRule = reader.removedServiceRule(root)
         let halfClose = reader.halfCloseTimeout(root)
+        let dataPlane = reader.dataPlane(root)
 
         guard let relay, let id, let secret, reader.problems.isEmpty else { return nil }
         return AgentConfig(
@@ -130,7 +135,8 @@ public struct AgentConfig: Sendable, DaemonSettings {
             metrics: metrics,
             tcp: tcp,
             halfCloseTimeout: halfClose,
-            removedServiceSessions: removedRule
+            removedServiceSessions: removedRule,
+            dataPlane: dataPlane
         )
     }
 

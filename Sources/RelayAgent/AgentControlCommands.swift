@@ -182,12 +182,12 @@ public struct AgentControlCommands: Sendable {
             bytesOut: session.meter.backward
         )
         report.target = session.target
-        if let target = session.connections.first {
-            report.targetLocal = target.localAddress?.displayString
+        if let target = session.targetSocket {
+            report.targetLocal = target.local
         }
         if let data {
-            report.dataLocal = data.localAddress?.displayString
-            report.dataRemote = data.remoteAddress?.displayString
+            report.dataLocal = data.local
+            report.dataRemote = data.remote
         }
         return report
     }

@@ -20,7 +20,7 @@ public final class AgentServer: Service, Sendable {
     let configPath: String
     private let group: any EventLoopGroup
     let logger: Logger
-    private let pump: any SessionPump
+    private let dataPlane: (any DataPlane)?
     private let hooks: DaemonHooks
     /// Set by a reload that needs a fresh control channel: reconnect without a backoff delay.
     private let reconnectNow = Mutex(false)
@@ -38,21 +38,21 @@ public final class AgentServer: Service, Sendable {
     private let requests: AsyncStream<(ControlMessage.Connect, AgentControlChannel)>
     private let requestInput: AsyncStream<(ControlMessage.Connect, AgentControlChannel)>.Continuation
 
-    /// Creates the agent; `hooks.ready` runs once the first connection attempt is under way
+    /// Creates the agent (`dataPlane` overrides the config's `dataPlane`: tests); `hooks.ready` runs once the first connection attempt is under way
     /// (a relay that is down does not delay it: the agent is running and retrying).
     public init(
         config: AgentConfig,
         configPath: String,
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         logger: Logger,
-        pump: any SessionPump = AsyncChannelPump(),
+        dataPlane: (any DataPlane)? = nil,
         hooks: DaemonHooks = DaemonHooks()
     ) {
         self.state = AgentState(config: config)
         self.configPath = configPath
         self.group = group
         self.logger = logger
-        self.pump = pump
+        self.dataPlane = dataPlane
         self.hooks = hooks
         (self.requests, self.requestInput) = AsyncStream.makeStream()
     }
@@ -66,7 +66,11 @@ public final class AgentServer: Service, Sendable {
                 "services": "\(config.services.count)",
             ]
         )
-        let runner = SessionRunner(state: self.state, group: self.group, pump: self.pump, logger: self.logger)
+        // The data plane's loops and the readiness loop start now, not at the first session.
+        _ = SocketIO.readiness
+        let runner = SessionRunner(
+            state: self.state, group: self.group, dataPlane: self.dataPlane ?? config.dataPlane.make(group: self.group),
+            logger: self.logger)
         await withDiscardingTaskGroup { group in
             group.addTask { await self.connectLoop() }
             group.addTask { await self.shutdownWhenAsked() }

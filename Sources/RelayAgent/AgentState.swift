@@ -12,10 +12,16 @@ import Synchronization
 final class AgentSession: Sendable {
     private struct Core {
         var machine: SessionStateMachine
-        /// The connections adopted so far: the target connection, then the data channel.
-        var connections: [any Channel] = []
-        /// The data channel, once the relay accepted it.
-        var dataChannel: (any Channel)?
+        /// The connection to the target, once dialled.
+        var target: OwnedSocket?
+        /// The data channel to the relay, once dialled.
+        var data: OwnedSocket?
+        /// Whether the relay accepted the data channel (bytes flow from then on).
+        var attached = false
+        /// The data plane's run, once started.
+        var running: (any PumpRunning)?
+        /// Whether the machine asked for both connections to be reset.
+        var resetAsked = false
     }
 
     let id: String
@@ -31,7 +37,7 @@ final class AgentSession: Sendable {
 
     init(
         id: String, service: String, client: String, target: String, telemetry: ServiceTelemetry,
-        halfCloseTimeout: Double = 0
+        halfCloseTimeout: Double = 0, dialsInParallel: Bool = true
     ) {
         self.id = id
         self.service = service
@@ -39,11 +45,12 @@ final class AgentSession: Sendable {
         self.target = target
         self.telemetry = telemetry
         self.meter = TrafficMeter(sink: telemetry)
-        self.core = Mutex(Core(machine: .agent(halfCloseTimeout: halfCloseTimeout)))
+        self.core = Mutex(
+            Core(machine: .agent(halfCloseTimeout: halfCloseTimeout, dialsInParallel: dialsInParallel)))
         self.meter.onFinish { [weak self] forward in self?.handle(.finPassedOn(forward ? .first : .second)) }
     }
 
-    /// Starts the session: the first steps (dial the target).
+    /// Starts the session: the first steps (dial the target, and the data channel at the same time).
     func start() -> [SessionStateMachine.Action] {
         let actions = self.core.withLock { $0.machine.start() }
         self.execute(actions)
@@ -56,18 +63,21 @@ final class AgentSession: Sendable {
     func handle(_ event: SessionStateMachine.Event) -> [SessionStateMachine.Action] {
         let actions = self.core.withLock { core in
             let actions = core.machine.handle(event)
-            if event == .attachAccepted, actions.contains(.startPumping) { core.dataChannel = core.connections.last }
+            if event == .attachAccepted, actions.contains(.startPumping) { core.attached = true }
             return actions
         }
         self.execute(actions)
         return actions
     }
 
-    /// The connections adopted so far: the target connection, then the data channel.
-    var connections: [any Channel] { self.core.withLock { $0.connections } }
+    /// The target connection, once dialled.
+    var targetSocket: OwnedSocket? { self.core.withLock { $0.target } }
+
+    /// The data channel once dialled, for the runner's `attach`.
+    var dataSocketForAttach: OwnedSocket? { self.core.withLock { $0.data } }
 
     /// The data channel, once the relay accepted it (bytes flow from then on).
-    var dataChannel: (any Channel)? { self.core.withLock { $0.dataChannel } }
+    var dataChannel: OwnedSocket? { self.core.withLock { $0.attached ? $0.data : nil } }
 
     /// How the session ended (or is ending), once decided.
     var end: SessionEnd? { self.core.withLock { $0.machine.end } }
@@ -75,22 +85,57 @@ final class AgentSession: Sendable {
     /// The state `relayctl` shows: pending, open, half-closed-in, half-closed-out, closing.
     var reportState: String { self.core.withLock { $0.machine.reportState } }
 
-    /// Remembers a connection of this session, so that a reset reaches it; call it before
-    /// telling the machine the connection is there.
-    func adopt(_ channel: any Channel) {
-        self.core.withLock { $0.connections.append(channel) }
+    /// Remembers the target connection, so that a reset reaches it; call it before telling
+    /// the machine it is there.
+    func adoptTarget(_ socket: OwnedSocket) {
+        let reset = self.core.withLock { core in
+            core.target = socket
+            return core.resetAsked
+        }
+        if reset { socket.reset() }
+    }
+
+    /// Remembers the data channel, as ``adoptTarget(_:)``.
+    func adoptData(_ socket: OwnedSocket) {
+        let reset = self.core.withLock { core in
+            core.data = socket
+            return core.resetAsked
+        }
+        if reset { socket.reset() }
+    }
+
+    /// The data plane runs the session's connections: a reset asked before is done on it now.
+    func pumping(_ running: any PumpRunning) {
+        let reset = self.core.withLock { core in
+            core.running = running
+            return core.resetAsked
+        }
+        if reset { running.kill(reason: self.end?.description ?? "reset") }
+    }
+
+    /// Closes whatever connection the data plane did not take (the runner's last step).
+    func closeConnections() {
+        let (target, data) = self.core.withLock { ($0.target, $0.data) }
+        target?.close()
+        data?.close()
     }
 
     private func execute(_ actions: [SessionStateMachine.Action]) {
         for action in actions {
             switch action {
             case .resetBoth:
-                for channel in self.connections { channel.abort() }
+                let (target, data, running) = self.core.withLock { core in
+                    core.resetAsked = true
+                    return (core.target, core.data, core.running)
+                }
+                target?.reset()
+                data?.reset()
+                running?.kill(reason: self.end?.description ?? "reset")
             case .reportEnd(let end):
                 if let metric = end.refusedMetric { self.telemetry.sessionRefused(reason: metric) }
             default:
-                // The dials, `attach`, `refuse` and the pump are the runner's; the pump passes
-                // FINs on, runs the half-close timer and closes what it joined itself.
+                // The dials, `attach`, `refuse` and the pump are the runner's; the data plane
+                // passes FINs on, runs the half-close timer and closes what it joined itself.
                 break
             }
         }

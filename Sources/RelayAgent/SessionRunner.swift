@@ -8,7 +8,7 @@ import RelayProtocol
 struct SessionRunner {
     let state: AgentState
     let group: any EventLoopGroup
-    let pump: any SessionPump
+    let dataPlane: any DataPlane
     let logger: Logger
 
     /// Runs the session; `control` is the channel the request came on, for a refusal.
@@ -22,7 +22,7 @@ struct SessionRunner {
                 session: connect.session, code: .unknownService, message: "agent does not serve '\(connect.service)'")
             return
         }
-        let timeout = TimeAmount.fromSeconds(config.connectTimeout)
+        let timeout = Duration.seconds(config.connectTimeout)
         let session = AgentSession(
             id: connect.session, service: service.name, client: connect.client, target: "\(service.target)",
             telemetry: self.state.telemetry.service(service.name), halfCloseTimeout: config.halfCloseTimeout)
@@ -33,7 +33,7 @@ struct SessionRunner {
             "session open",
             metadata: ["service": "\(service.name)", "client": "\(connect.client)", "target": "\(service.target)"])
         // Feeds an event; a `refuse` it asks for goes to the relay (S8), which closes the client at once.
-        @discardableResult
+        @Sendable @discardableResult
         func handle(_ event: SessionStateMachine.Event) -> [SessionStateMachine.Action] {
             let actions = session.handle(event)
             for case .sendRefuse(let code, let message) in actions {
@@ -42,67 +42,97 @@ struct SessionRunner {
             return actions
         }
         defer {
-            // Whatever path ended the run, its connections are closed now: the session closes.
+            // Whatever path ended the run, what the data plane did not take is closed now.
+            session.closeConnections()
             handle(.connectionsClosed)
             Self.logEnd(of: session, logger: logger)
         }
 
-        // S9: the target first, so that a target that is down is refused with its reason.
-        guard session.start().contains(.dialTarget) else { return }
-        let target: TCPConnection
-        do {
-            target = try await Network.dial(service.target, timeout: timeout, group: self.group, tuning: config.tcp)
-        } catch {
-            handle(.targetFailed("cannot connect to \(service.target): \(Network.describe(error))"))
+        // S9 and S10 at once: the target and a fresh data channel to the relay are dialled
+        // together (one round trip less per session); `attach` waits for both, so that a
+        // target that is down is still refused with its reason and never attached.
+        let attach = await self.dial(
+            session, first: session.start(), target: service.target, timeout: timeout, tuning: config.tcp,
+            handle: handle)
+        guard attach, let data = session.dataSocketForAttach, let target = session.targetSocket else { return }
+
+        var reader = HandshakeReader()
+        if let rejected = await self.attach(connect, socket: data, reader: &reader, timeout: timeout) {
+            handle(.attachRejected(rejected))
             return
         }
-        session.adopt(target.channel)
+        guard handle(.attachAccepted).contains(.startPumping) else { return }
+        logger.info("session attached", metadata: ["data": "\(data.local)"])
+        let remainder = reader.takeRemainder()
+        data.pending.withLock { $0 = remainder }
+        let running = self.dataPlane.start(data, target, meter: session.meter, limits: config.pumpLimits)
+        session.pumping(running)
+        switch await running.outcome {
+        case .finished:
+            handle(.finPassedOn(.first))
+            handle(.finPassedOn(.second))
+        case .failed(let endpoint, let why):
+            handle(.failed(endpoint == .first ? .first : .second, why))
+        }
+    }
 
-        // Every connection is closed through executeThenClose: an NIOAsyncChannel dropped
-        // without it traps when its writer is deinitialised.
+    /// What a dial gave.
+    private enum Dialled: Sendable {
+        case target(Result<OwnedSocket, any Error>)
+        case data(Result<OwnedSocket, any Error>)
+    }
+
+    private static func result(_ body: () async throws -> OwnedSocket) async -> Result<OwnedSocket, any Error> {
         do {
-            try await target.executeThenClose { targetIn, targetOut in
-                // S10: a fresh data channel to the relay, attached to this session.
-                guard handle(.targetDialled).contains(.dialDataChannel) else { return }
-                let data: TCPConnection
-                do {
-                    data = try await Network.dial(
-                        config.relay, timeout: timeout, group: self.group, tuning: config.tcp)
-                } catch {
-                    handle(
-                        .dataChannelFailed("cannot open a data channel to \(config.relay): \(Network.describe(error))"))
-                    return
-                }
-                session.adopt(data.channel)
-                try await data.executeThenClose { dataIn, dataOut in
-                    guard handle(.dataChannelDialled).contains(.sendAttach) else { return }
-                    let reader = InboundReader(dataIn)
-                    if let rejected = try await self.attach(
-                        connect, reader: reader, writer: dataOut, channel: data.channel, timeout: timeout)
-                    {
-                        handle(.attachRejected(rejected))
-                        return
+            return .success(try await body())
+        } catch {
+            return .failure(error)
+        }
+    }
+
+    /// Does the dials the machine asks for (`first`: its first actions), feeding each result
+    /// as it comes; true when the machine then asks for `attach`. Dials still running when
+    /// the session ends are cancelled.
+    private func dial(
+        _ session: AgentSession, first: [SessionStateMachine.Action], target: HostPort, timeout: Duration,
+        tuning: TCPTuning, handle: @escaping @Sendable (SessionStateMachine.Event) -> [SessionStateMachine.Action]
+    ) async -> Bool {
+        let relay = self.state.config.relay
+        return await withTaskGroup(of: Dialled.self) { group in
+            func start(_ actions: [SessionStateMachine.Action]) {
+                if actions.contains(.dialTarget) {
+                    group.addTask {
+                        .target(await Self.result { try await SocketIO.dial(target, timeout: timeout, tuning: tuning) })
                     }
-                    guard handle(.attachAccepted).contains(.startPumping) else { return }
-                    logger.info(
-                        "session attached", metadata: ["data": "\(data.channel.localAddress?.displayString ?? "?")"])
-                    let relaySide = PumpEndpoint(channel: data.channel, reader: reader, writer: dataOut)
-                    let targetSide = PumpEndpoint(
-                        channel: target.channel, reader: InboundReader(targetIn), writer: targetOut)
-                    let outcome = await self.pump.run(
-                        relaySide, targetSide, meter: session.meter, limits: config.pumpLimits)
-                    switch outcome {
-                    case .finished:
-                        handle(.finPassedOn(.first))
-                        handle(.finPassedOn(.second))
-                    case .failed(let endpoint, let why):
-                        handle(.failed(endpoint == .first ? .first : .second, why))
+                }
+                if actions.contains(.dialDataChannel) {
+                    group.addTask {
+                        .data(await Self.result { try await SocketIO.dial(relay, timeout: timeout, tuning: tuning) })
                     }
                 }
             }
-        } catch {
-            // Writing `attach` failed, or closing a connection did.
-            handle(.attachRejected(Network.describe(error)))
+            start(first)
+            var attach = false
+            for await dialled in group {
+                let actions: [SessionStateMachine.Action]
+                switch dialled {
+                case .target(.success(let socket)):
+                    session.adoptTarget(socket)
+                    actions = handle(.targetDialled)
+                case .target(.failure(let error)):
+                    actions = handle(.targetFailed("cannot connect to \(target): \(Network.describe(error))"))
+                case .data(.success(let socket)):
+                    session.adoptData(socket)
+                    actions = handle(.dataChannelDialled)
+                case .data(.failure(let error)):
+                    actions = handle(
+                        .dataChannelFailed("cannot open a data channel to \(relay): \(Network.describe(error))"))
+                }
+                start(actions)
+                if actions.contains(.sendAttach) { attach = true }
+                if session.end != nil { group.cancelAll() }
+            }
+            return attach
         }
     }
 
@@ -123,24 +153,23 @@ struct SessionRunner {
     /// Sends `attach` and reads the relay's answer within `timeout`: nil if accepted, else
     /// why not ("relay refused the data channel: …").
     private func attach(
-        _ connect: ControlMessage.Connect,
-        reader: InboundReader,
-        writer: NIOAsyncChannelOutboundWriter<ByteBuffer>,
-        channel: any Channel,
-        timeout: TimeAmount
-    ) async throws -> String? {
-        let deadline = Deadline(on: channel.eventLoop, after: timeout) { channel.close(promise: nil) }
-        defer { deadline.cancel() }
-        try await writer.write(ControlCodec.encode(.attach(.init(session: connect.session, token: connect.token))))
+        _ connect: ControlMessage.Connect, socket: OwnedSocket, reader: inout HandshakeReader, timeout: Duration
+    ) async -> String? {
+        let deadline = ContinuousClock.now + timeout
         let reply: ControlMessage?
         do {
-            reply = try await reader.readMessage()
+            try await SocketIO.write(
+                ControlCodec.encode(.attach(.init(session: connect.session, token: connect.token))), to: socket,
+                until: deadline)
+            reply = try await reader.readMessage(from: socket, until: deadline)
         } catch let error as ProtocolError {
             return "bad answer to attach: \(error)"
+        } catch SocketIOError.timedOut {
+            return "relay closed the data channel (no answer in time)"
+        } catch {
+            return Network.describe(error)
         }
-        guard let reply else {
-            return "relay closed the data channel \(deadline.expired ? "(no answer in time)" : "before answering")"
-        }
+        guard let reply else { return "relay closed the data channel before answering" }
         if let error = AttachReply.evaluate(reply, session: connect.session) {
             return "relay refused the data channel: \(error)"
         }

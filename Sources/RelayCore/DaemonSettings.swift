@@ -11,6 +11,8 @@ public protocol DaemonSettings {
     var removedServiceSessions: RemovedServiceRule { get }
     /// `metrics`: bound at start, kept until a restart.
     var metrics: HostPort? { get set }
+    /// `dataPlane`: chosen at start, kept until a restart.
+    var dataPlane: DataPlaneKind { get set }
 }
 
 extension DaemonSettings {
@@ -34,6 +36,10 @@ extension DaemonSettings {
         if self.metrics != old.metrics {
             changes.append("metrics stays \(old.metrics.map { "\($0)" } ?? "off") until a restart")
             self.metrics = old.metrics
+        }
+        if self.dataPlane != old.dataPlane {
+            changes.append("dataPlane stays \(old.dataPlane.rawValue) until a restart")
+            self.dataPlane = old.dataPlane
         }
         return changes
     }

@@ -109,6 +109,13 @@ public struct TCPTuning: Sendable, Equatable {
         try descriptor.setOption(level: Int32(IPPROTO_TCP), name: Int32(TCP_USER_TIMEOUT), value: milliseconds)
     }
 
+    /// Gives an accepted descriptor the control channel's user timeout, once its first line
+    /// showed it is one.
+    public func applyControl(to descriptor: Descriptor) throws(SystemError) {
+        let milliseconds = Int32(min(max(0, self.userTimeout(for: .control)) * 1000, Double(Int32.max)))
+        try descriptor.setOption(level: Int32(IPPROTO_TCP), name: Int32(TCP_USER_TIMEOUT), value: milliseconds)
+    }
+
     /// Gives an accepted connection the control channel's user timeout, once its first
     /// line showed it is one (the relay's agent port carries both kinds).
     public func applyControl(to channel: any Channel) async throws {

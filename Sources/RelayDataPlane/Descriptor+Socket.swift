@@ -100,4 +100,13 @@ extension Descriptor {
         }
         return result == 0 ? storage : nil
     }
+
+    /// Aborts a connected TCP socket without closing the descriptor: `connect` with
+    /// AF_UNSPEC disconnects it, which sends a reset and wakes whoever waits on it; the
+    /// number stays allocated until ``close()``.
+    public func disconnect() {
+        var address = sockaddr()
+        address.sa_family = sa_family_t(AF_UNSPEC)
+        _ = Glibc.connect(self.rawValue, &address, socklen_t(MemoryLayout<sockaddr>.size))
+    }
 }

@@ -141,6 +141,14 @@ public final class ReadinessLoop: Sendable {
         }
     }
 
+    /// Resumes every wait on `descriptor` with ``Wakeup/cancelled`` (its socket was aborted).
+    public func cancelWaits(on descriptor: Descriptor) {
+        let ids = self.state.withLock { state in
+            state.waiters.filter { $0.value.descriptor == descriptor.rawValue }.map(\.key)
+        }
+        for id in ids { self.finish(id, .cancelled, unregister: true) }
+    }
+
     /// Resumes every wait with ``Wakeup/cancelled``, stops the thread and closes the loop's
     /// descriptors. Idempotent.
     public func shutdown() {

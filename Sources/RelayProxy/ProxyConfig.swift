@@ -65,6 +65,10 @@ public struct ProxyConfig: Sendable, DaemonSettings {
     /// What a reload does with the live sessions of a removed service (`removedServiceSessions`).
     public var removedServiceSessions = RemovedServiceRule.drain
 
+    /// Where sessions' bytes move (`dataPlane`: "splice", the default, or "userspace");
+    /// read at start, kept until a restart.
+    public var dataPlane = DataPlaneKind.default
+
     /// The limits a session opened now runs with.
     public var pumpLimits: PumpLimits { PumpLimits(halfCloseTimeoutSeconds: self.halfCloseTimeout) }
 
@@ -74,7 +78,7 @@ public struct ProxyConfig: Sendable, DaemonSettings {
         "handshakeTimeoutSeconds", "attachTimeoutSeconds", "drainTimeoutSeconds", "metrics",
     ])
     .union(ConfigReader.tcpTuningKeys).union([
-        "halfCloseTimeoutSeconds", "removedServiceSessions", "secretRotationGraceSeconds",
+        "halfCloseTimeoutSeconds", "removedServiceSessions", "secretRotationGraceSeconds", "dataPlane",
     ])
 
     /// Reads and validates the file at `path`; the error lists every problem with its JSON path.
@@ -148,6 +152,7 @@ public struct ProxyConfig: Sendable, DaemonSettings {
         let grace = reader.seconds(
             root, "secretRotationGraceSeconds", at: "$", default: Self.defaultSecretRotationGrace, range: 0...604800)
         let halfClose = reader.halfCloseTimeout(root)
+        let dataPlane = reader.dataPlane(root)
 
         guard let listen, reader.problems.isEmpty else { return nil }
         return ProxyConfig(
@@ -164,7 +169,8 @@ public struct ProxyConfig: Sendable, DaemonSettings {
             tcp: tcp,
             halfCloseTimeout: halfClose,
             secretRotationGrace: grace,
-            removedServiceSessions: removedRule
+            removedServiceSessions: removedRule,
+            dataPlane: dataPlane
         )
     }
 

@@ -167,9 +167,7 @@ public struct ProxyControlCommands: Sendable {
     }
 
     private func listenerAddress(_ name: String) -> String? {
-        let addresses = self.server.listeners.withLock { $0[name] ?? [] }.compactMap {
-            $0.channel.localAddress?.displayString
-        }
+        let addresses = self.server.listeners.withLock { $0[name] ?? [] }.map(\.localAddress)
         return addresses.isEmpty ? nil : addresses.joined(separator: ", ")
     }
 
@@ -186,10 +184,10 @@ public struct ProxyControlCommands: Sendable {
             bytesOut: session.meter.backward
         )
         report.agent = session.agent
-        report.listener = session.clientChannel.localAddress?.displayString
+        report.listener = session.clientSocket.local
         if case .open(let dataChannel) = phase {
-            report.dataLocal = dataChannel.localAddress?.displayString
-            report.dataRemote = dataChannel.remoteAddress?.displayString
+            report.dataLocal = dataChannel.local
+            report.dataRemote = dataChannel.remote
         }
         return report
     }

@@ -26,15 +26,15 @@ public final class ProxyServer: Service, Sendable {
     let configPath: String
     private let group: any EventLoopGroup
     let logger: Logger
-    private let pump: any SessionPump
+    private let dataPlane: (any DataPlane)?
     private let hooks: DaemonHooks
     private let adopted: [String: [CInt]]
     /// The names whose sockets systemd passed and that are still open.
     private let adoptedOpen: Mutex<Set<String>>
     /// The bound listeners by name (`agents` or a service), for status queries.
-    let listeners = Mutex<[String: [TCPListener]]>([:])
-    private let listenerStarts: AsyncStream<(String, TCPListener)>
-    private let listenerStartInput: AsyncStream<(String, TCPListener)>.Continuation
+    let listeners = Mutex<[String: [OwnedListener]]>([:])
+    private let listenerStarts: AsyncStream<(String, OwnedListener)>
+    private let listenerStartInput: AsyncStream<(String, OwnedListener)>.Continuation
     private let reloads = ReloadCoordinator(daemon: "relay-proxy")
     /// When the config in force was loaded.
     let loadedAt = Mutex(Date())
@@ -43,12 +43,13 @@ public final class ProxyServer: Service, Sendable {
 
     /// Creates the relay. `adopted` maps socket-activation names (`agents` or a service
     /// name) to listening descriptors passed by systemd; everything else is bound as configured.
+    /// `dataPlane` overrides the config's `dataPlane` (tests).
     public init(
         config: ProxyConfig,
         configPath: String,
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         logger: Logger,
-        pump: any SessionPump = AsyncChannelPump(),
+        dataPlane: (any DataPlane)? = nil,
         hooks: DaemonHooks = DaemonHooks(),
         adopted: [String: [CInt]] = [:]
     ) {
@@ -56,7 +57,7 @@ public final class ProxyServer: Service, Sendable {
         self.configPath = configPath
         self.group = group
         self.logger = logger
-        self.pump = pump
+        self.dataPlane = dataPlane
         self.hooks = hooks
         self.adopted = adopted
         self.adoptedOpen = Mutex(Set(adopted.keys))
@@ -83,10 +84,13 @@ public final class ProxyServer: Service, Sendable {
                 "services": "\(config.services.count)",
             ]
         )
+        // The data plane's loops and the readiness loop start now, not at the first session.
+        let dataPlane = self.dataPlane ?? config.dataPlane.make(group: self.group)
+        _ = SocketIO.readiness
         self.hooks.ready()
 
-        let agentPort = AgentPort(state: self.state, logger: self.logger)
-        let clients = ClientHandler(state: self.state, pump: self.pump, logger: self.logger)
+        let agentPort = AgentPort(state: self.state, group: self.group, logger: self.logger)
+        let clients = ClientHandler(state: self.state, dataPlane: dataPlane, logger: self.logger)
         await withDiscardingTaskGroup { group in
             group.addTask { await self.shutdownWhenAsked() }
             group.addTask { await self.serveReloads() }
@@ -101,9 +105,11 @@ public final class ProxyServer: Service, Sendable {
             for await (name, listener) in self.listenerStarts {
                 group.addTask {
                     if name == Self.agentPortName {
-                        await Self.acceptLoop(listener, logger: self.logger) { await agentPort.handle($0) }
+                        await listener.run(logger: self.logger, tuning: self.tuning) { await agentPort.handle($0) }
                     } else {
-                        await Self.acceptLoop(listener, logger: self.logger) { await clients.handle($0, service: name) }
+                        await listener.run(logger: self.logger, tuning: self.tuning) {
+                            await clients.handle($0, service: name)
+                        }
                     }
                 }
             }
@@ -163,13 +169,12 @@ public final class ProxyServer: Service, Sendable {
                 wanted.append((service.name, service.listen))
             }
         }
-        var bound: [(String, TCPListener)] = []
+        var bound: [(String, OwnedListener)] = []
         for (name, address) in wanted {
             do {
-                bound.append(
-                    (name, try await Network.listen(on: try address.resolve(), group: self.group, tuning: self.tuning)))
+                bound.append((name, try OwnedListener.bind(try address.resolve())))
             } catch {
-                for (_, listener) in bound { listener.channel.close(promise: nil) }
+                for (_, listener) in bound { listener.close() }
                 let path = name == Self.agentPortName ? "$.listen" : "service '\(name)'"
                 return ReloadOutcome(
                     applied: false, problems: ["\(path): cannot listen on \(address): \(Network.describe(error))"])
@@ -191,7 +196,7 @@ public final class ProxyServer: Service, Sendable {
         for (name, listener) in bound {
             let replaced = self.closeListener(name)
             self.register(name, listener)
-            let address = listener.channel.localAddress?.displayString ?? "?"
+            let address = listener.localAddress
             changes.append(
                 name == Self.agentPortName
                     ? "agent port moved to \(address)"
@@ -274,7 +279,7 @@ public final class ProxyServer: Service, Sendable {
         let drainTimeout = self.state.config.drainTimeout
         self.reloads.finish()
         // Closed before the log says so: a client that connects after the line is refused.
-        for listener in self.listeners.withLock({ $0.values.flatMap { $0 } }) { try? await listener.channel.close() }
+        for listener in self.listeners.withLock({ $0.values.flatMap { $0 } }) { listener.close() }
         let live = self.state.sessions.count
         self.logger.info(
             "shutting down: no longer accepting",
@@ -312,8 +317,7 @@ public final class ProxyServer: Service, Sendable {
     private func startListener(_ name: String, address: HostPort, what: String) async throws {
         guard let descriptors = self.adopted[name] else {
             do {
-                self.register(
-                    name, try await Network.listen(on: try address.resolve(), group: self.group, tuning: self.tuning))
+                self.register(name, try OwnedListener.bind(try address.resolve()))
             } catch {
                 throw StartError(description: "cannot listen on \(address) for the \(what): \(Network.describe(error))")
             }
@@ -321,8 +325,7 @@ public final class ProxyServer: Service, Sendable {
         }
         for descriptor in descriptors {
             do {
-                self.register(
-                    name, try await Network.listen(adopting: descriptor, group: self.group, tuning: self.tuning))
+                self.register(name, try OwnedListener.adopt(descriptor))
             } catch {
                 throw StartError(
                     description:
@@ -337,9 +340,9 @@ public final class ProxyServer: Service, Sendable {
         { [state] in state.config.tcp }
     }
 
-    private func register(_ name: String, _ listener: TCPListener) {
+    private func register(_ name: String, _ listener: OwnedListener) {
         self.listeners.withLock { $0[name, default: []].append(listener) }
-        var metadata: Logger.Metadata = ["address": "\(listener.channel.localAddress?.displayString ?? "?")"]
+        var metadata: Logger.Metadata = ["address": "\(listener.localAddress)"]
         metadata[name == Self.agentPortName ? "role" : "service"] = "\(name == Self.agentPortName ? "agents" : name)"
         if self.adoptedOpen.withLock({ $0.contains(name) }) { metadata["adopted"] = "systemd" }
         self.logger.info("listening", metadata: metadata)
@@ -350,30 +353,7 @@ public final class ProxyServer: Service, Sendable {
     private func closeListener(_ name: String) -> Bool {
         self.adoptedOpen.withLock { _ = $0.remove(name) }
         guard let closing = self.listeners.withLock({ $0.removeValue(forKey: name) }) else { return false }
-        for listener in closing { listener.channel.close(promise: nil) }
+        for listener in closing { listener.close() }
         return true
-    }
-
-    private static func acceptLoop(
-        _ listener: TCPListener,
-        logger: Logger,
-        handler: @escaping @Sendable (TCPConnection) async -> Void
-    ) async {
-        do {
-            try await listener.executeThenClose { inbound in
-                try await withThrowingDiscardingTaskGroup { group in
-                    for try await accepted in inbound {
-                        group.addTask {
-                            guard let connection = accepted.take() else { return }
-                            await handler(connection)
-                        }
-                    }
-                }
-            }
-        } catch is CancellationError {
-            return
-        } catch {
-            logger.error("listener failed: \(error)")
-        }
     }
 }

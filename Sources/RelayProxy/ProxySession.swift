@@ -1,5 +1,6 @@
 import FoundationEssentials
 import NIOCore
+import NIOPosix
 import RelayCore
 import RelayProtocol
 import Synchronization
@@ -10,10 +11,9 @@ typealias SessionFailure = SessionEndReason
 
 /// The data channel handed from the agent port to the waiting client task.
 struct DataLink: Sendable {
-    /// The data channel, positioned after its `attach` line.
-    let endpoint: PumpEndpoint
-    /// Succeeded by the client task once the pump is done, so the data channel's own task may close it.
-    let done: EventLoopPromise<Void>
+    /// The data channel, past its `attach` line; what the agent sent after that line is its
+    /// ``OwnedSocket/pending``.
+    let socket: OwnedSocket
 }
 
 /// One client connection's session at the relay (S5–S20), from accept to close: a shell
@@ -21,16 +21,17 @@ struct DataLink: Sendable {
 /// on the session's connections and timers are carried out here, outside the lock; the
 /// ones that need another party's I/O are done by whoever fed the event (`sendConnect` by
 /// the client task right after ``ProxyState/openSession(service:agent:client:clientChannel:)``,
-/// `sendAttached` by the agent port after ``claim(token:dataChannel:)``). The pump keeps its
-/// own contract (`SessionPump`): it passes FINs on, resets both sides on a failure and runs
-/// the half-close timer itself, and tells the machine through the meter and its outcome.
+/// `sendAttached` by the agent port after ``claim(token:dataChannel:)``). The data plane keeps
+/// the pump's contract (`SessionPump`): it passes FINs on, resets both sides on a failure and
+/// runs the half-close timer itself, and tells the machine through the meter and its outcome.
+/// Both connections are owned descriptors (``OwnedSocket``) until the data plane takes them.
 final class ProxySession: Sendable {
     /// Where a session is in its life, as the registry and `relayctl` see it.
     enum Phase: Sendable {
         /// Waiting for the agent's data channel.
         case pending
         /// Joined (or being joined) to this data channel.
-        case open(dataChannel: any Channel)
+        case open(dataChannel: OwnedSocket)
         /// Ended, or failed before it opened.
         case closed
     }
@@ -47,10 +48,14 @@ final class ProxySession: Sendable {
 
     private struct Core {
         var machine: SessionStateMachine
-        var dataChannel: (any Channel)?
+        var dataChannel: OwnedSocket?
         var attachTimer: Deadline?
         /// The data channel, ready to pump, between ``join(_:)`` and `startPumping`.
         var link: DataLink?
+        /// The data plane's run, once the client task started it.
+        var running: (any PumpRunning)?
+        /// Why the machine asked for both connections to be reset, if it did.
+        var resetReason: String?
     }
 
     let id: String
@@ -62,16 +67,19 @@ final class ProxySession: Sendable {
     let started = ContinuousClock.now
     let meter: TrafficMeter
     let telemetry: ServiceTelemetry
-    let clientChannel: any Channel
+    let clientSocket: OwnedSocket
     /// Completed when the agent's data channel is joined, or failed with a ``SessionFailure``.
     let attached: EventLoopFuture<DataLink>
     private let promise: EventLoopPromise<DataLink>
+    /// Where the session's timers run.
+    private let eventLoop: any EventLoop
     private let core: Mutex<Core>
 
     /// A started session: its attach timer runs; the caller sends `connect` (S7).
     init(
-        id: String, service: String, agent: String, client: String, clientChannel: any Channel,
-        telemetry: ServiceTelemetry, attachTimeout: Double = 10, halfCloseTimeout: Double = 0
+        id: String, service: String, agent: String, client: String, clientSocket: OwnedSocket,
+        telemetry: ServiceTelemetry, attachTimeout: Double = 10, halfCloseTimeout: Double = 0,
+        eventLoop: any EventLoop = MultiThreadedEventLoopGroup.singleton.next()
     ) {
         self.id = id
         self.service = service
@@ -80,8 +88,9 @@ final class ProxySession: Sendable {
         self.token = Tokens.make()
         self.telemetry = telemetry
         self.meter = TrafficMeter(sink: telemetry)
-        self.clientChannel = clientChannel
-        self.promise = clientChannel.eventLoop.makePromise(of: DataLink.self)
+        self.clientSocket = clientSocket
+        self.eventLoop = eventLoop
+        self.promise = eventLoop.makePromise(of: DataLink.self)
         self.attached = self.promise.futureResult
         self.core = Mutex(
             Core(machine: .relay(attachTimeout: attachTimeout, halfCloseTimeout: halfCloseTimeout)))
@@ -102,7 +111,7 @@ final class ProxySession: Sendable {
     }
 
     /// Accepts an attach once, only while waiting, only with the right token (constant time).
-    func claim(token: String, dataChannel: any Channel) -> ClaimResult {
+    func claim(token: String, dataChannel: OwnedSocket) -> ClaimResult {
         let matches = Tokens.matches(token, self.token)
         let actions = self.core.withLock { core in
             let actions = core.machine.handle(.dataChannelArrived(tokenMatches: matches))
@@ -149,6 +158,16 @@ final class ProxySession: Sendable {
         return actions.contains { if case .reportEnd = $0 { true } else { false } }
     }
 
+    /// The data plane runs the session's connections: a reset the machine asked for
+    /// before this moment is carried out on the run now.
+    func pumping(_ running: any PumpRunning) {
+        let reason = self.core.withLock { core in
+            core.running = running
+            return core.resetReason
+        }
+        if let reason { running.kill(reason: reason) }
+    }
+
     /// The session's connections are closed and forgotten.
     func markClosed() {
         self.handle(.connectionsClosed)
@@ -182,7 +201,7 @@ final class ProxySession: Sendable {
         for action in actions {
             switch action {
             case .armAttachTimer(let seconds):
-                let timer = Deadline(on: self.clientChannel.eventLoop, after: .fromSeconds(seconds)) {
+                let timer = Deadline(on: self.eventLoop, after: .fromSeconds(seconds)) {
                     [weak self] in
                     self?.handle(.attachTimedOut)
                 }
@@ -200,8 +219,13 @@ final class ProxySession: Sendable {
                 }
                 if let link { self.promise.succeed(link) }
             case .resetBoth:
-                self.clientChannel.abort()
-                self.core.withLock { $0.dataChannel }?.abort()
+                let (data, running) = self.core.withLock { core in
+                    core.resetReason = core.resetReason ?? core.machine.end?.description ?? "reset"
+                    return (core.dataChannel, core.running)
+                }
+                self.clientSocket.reset()
+                data?.reset()
+                running?.kill(reason: self.end?.description ?? "reset")
             case .reportEnd(let end):
                 // Before the join the waiting client task hears why, logs it and closes the
                 // client; after it, the client task logs the end once its pump returned.

@@ -114,12 +114,12 @@ final class ProxyState: Sendable {
 
     /// Creates and records a session with a fresh id, unique among live sessions, and starts
     /// it (its attach timer runs); the caller sends its `connect`.
-    func openSession(service: String, agent: String, client: String, clientChannel: any Channel) -> ProxySession {
+    func openSession(service: String, agent: String, client: String, clientSocket: OwnedSocket) -> ProxySession {
         self.store.withLock { store in
             var id = SessionIDs.make()
             while store.sessions[id] != nil { id = SessionIDs.make() }
             let session = ProxySession(
-                id: id, service: service, agent: agent, client: client, clientChannel: clientChannel,
+                id: id, service: service, agent: agent, client: client, clientSocket: clientSocket,
                 telemetry: self.telemetry.service(service), attachTimeout: store.config.attachTimeout,
                 halfCloseTimeout: store.config.halfCloseTimeout)
             store.sessions[id] = session

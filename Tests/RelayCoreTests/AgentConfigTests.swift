@@ -90,7 +90,7 @@ import Testing
             """
         #expect(
             try Self.check(json).problems == [
-                "$.colour: unknown key (allowed: connectTimeoutSeconds, control, dataUserTimeoutSeconds, drainTimeoutSeconds, "
+                "$.colour: unknown key (allowed: connectTimeoutSeconds, control, dataPlane, dataUserTimeoutSeconds, drainTimeoutSeconds, "
                     + "halfCloseTimeoutSeconds, heartbeatIntervalSeconds, heartbeatTimeoutSeconds, id, metrics, "
                     + "reconnectInitialDelaySeconds, reconnectMaxDelaySeconds, relay, removedServiceSessions, secret, "
                     + "secretFile, services, tcpKeepaliveSeconds, tcpUserTimeoutSeconds)",

@@ -88,7 +88,7 @@ import Testing
             """
         #expect(
             try Self.check(json).problems == [
-                "$.lisen: unknown key (allowed: agents, attachTimeoutSeconds, control, dataUserTimeoutSeconds, drainTimeoutSeconds, "
+                "$.lisen: unknown key (allowed: agents, attachTimeoutSeconds, control, dataPlane, dataUserTimeoutSeconds, drainTimeoutSeconds, "
                     + "halfCloseTimeoutSeconds, handshakeTimeoutSeconds, heartbeatIntervalSeconds, heartbeatTimeoutSeconds, "
                     + "listen, metrics, removedServiceSessions, secretRotationGraceSeconds, services, "
                     + "tcpKeepaliveSeconds, tcpUserTimeoutSeconds)",

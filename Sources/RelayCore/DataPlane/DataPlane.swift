@@ -1,3 +1,5 @@
+import NIOCore
+
 /// Where a session's bytes move once both its sockets are joined (S11–S20): the seam
 /// between a session and its data path. Both sockets are owned descriptors; the data plane
 /// takes them and keeps ``SessionPump``'s contract (backpressure, FIN passed on after every
@@ -43,5 +45,16 @@ extension ConfigReader {
             return .default
         }
         return kind
+    }
+}
+
+extension DataPlaneKind {
+    /// The data plane of this kind: the process's shared splice plane, or a user-space pump
+    /// on `group`'s event loops.
+    public func make(group: any EventLoopGroup) -> any DataPlane {
+        switch self {
+        case .splice: SpliceDataPlane(plane: SpliceDataPlane.shared)
+        case .userspace: UserSpaceDataPlane(group: group)
+        }
     }
 }

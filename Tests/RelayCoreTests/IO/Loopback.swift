@@ -1,5 +1,6 @@
 import NIOCore
 import NIOPosix
+import RelayDataPlane
 
 @testable import RelayCore
 
@@ -23,6 +24,28 @@ enum Loopback {
                     Peer(channel: dialled.channel, inbound: dialledIn, outbound: dialledOut),
                     Peer(channel: accepted.channel, inbound: acceptedIn, outbound: acceptedOut))
             }
+        }
+    }
+
+    /// Runs `body` with a fresh connection whose dialled end is an NIO peer and whose
+    /// accepted end is a descriptor the test owns (as the daemons' listeners accept them),
+    /// reset at the end unless it was handed on.
+    static func withOwnedConnection<R: Sendable>(_ body: (Peer, OwnedSocket) async throws -> R) async throws -> R {
+        let address = try SocketAddress(ipAddress: "127.0.0.1", port: 0)
+        let listening = try Descriptor.tcpSocket(family: address.protocol.rawValue)
+        defer { listening.close() }
+        try address.withSockAddr { pointer, length in
+            try listening.bindAndListen(pointer, length: length, backlog: 4)
+        }
+        let port = listening.address(peer: false).flatMap(SocketAddress.init(storage:))?.port ?? 0
+        let dialled = try await Network.dial(
+            HostPort(host: "127.0.0.1", port: port), timeout: .seconds(5), group: self.group)
+        return try await dialled.executeThenClose { dialledIn, dialledOut in
+            // The dial completed, so the connection waits in the accept queue.
+            guard let accepted = try listening.accept() else { throw Failure.noAcceptedConnection }
+            let owned = OwnedSocket(accepted)
+            defer { owned.reset() }
+            return try await body(Peer(channel: dialled.channel, inbound: dialledIn, outbound: dialledOut), owned)
         }
     }
 

@@ -15,10 +15,10 @@ extension IOTests {
 
         @Test func openSessionsGetUniqueIdsAndTokens() async throws {
             let state = try Self.proxyState()
-            try await Loopback.withConnection { _, client in
+            try await Loopback.withOwnedConnection { _, client in
                 let sessions = (0..<500).map { index in
                     state.openSession(
-                        service: "web", agent: "office", client: "10.0.0.1:\(index)", clientChannel: client.channel)
+                        service: "web", agent: "office", client: "10.0.0.1:\(index)", clientSocket: client)
                 }
                 #expect(Set(sessions.map(\.id)).count == sessions.count)
                 #expect(Set(sessions.map(\.token)).count == sessions.count)
@@ -36,14 +36,14 @@ extension IOTests {
 
         @Test func removeSessionForgetsThatSessionOnly() async throws {
             let state = try Self.proxyState()
-            try await Loopback.withConnection { _, client in
+            try await Loopback.withOwnedConnection { _, client in
                 let first = state.openSession(
-                    service: "web", agent: "office", client: "a", clientChannel: client.channel)
+                    service: "web", agent: "office", client: "a", clientSocket: client)
                 let second = state.openSession(
-                    service: "web", agent: "office", client: "b", clientChannel: client.channel)
+                    service: "web", agent: "office", client: "b", clientSocket: client)
                 // A session that ended but shares the live one's id must not remove it.
                 let stale = ProxySession(
-                    id: second.id, service: "web", agent: "office", client: "c", clientChannel: client.channel,
+                    id: second.id, service: "web", agent: "office", client: "c", clientSocket: client,
                     telemetry: state.telemetry.service("web"))
                 for session in [first, second, stale] { session.fail(.shuttingDown) }
                 state.removeSession(first)
@@ -59,108 +59,118 @@ extension IOTests {
 
         @Test func unregisteringAnAgentFailsItsPendingSessionsOnly() async throws {
             let state = try Self.proxyState()
-            try await Loopback.withConnection { agentSide, client in
-                let link = Self.link("office", on: agentSide.channel)
-                #expect(state.register(link) == nil)
-                #expect(state.agent(serving: "web") === link)
-                let pending = (0..<3).map { index in
-                    state.openSession(
-                        service: "web", agent: "office", client: "\(index)", clientChannel: client.channel)
-                }
-                let joined = state.openSession(
-                    service: "web", agent: "office", client: "j", clientChannel: client.channel)
-                guard case .claimed = joined.claim(token: joined.token, dataChannel: agentSide.channel) else {
-                    Issue.record("claim failed")
-                    return
-                }
-                let otherAgent = state.openSession(
-                    service: "db", agent: "lab", client: "o", clientChannel: client.channel)
+            try await Loopback.withConnection { agentSide, _ in
+                try await Loopback.withOwnedConnection { _, client in
+                    try await Loopback.withOwnedConnection { _, dataSocket in
+                        let link = Self.link("office", on: agentSide.channel)
+                        #expect(state.register(link) == nil)
+                        #expect(state.agent(serving: "web") === link)
+                        let pending = (0..<3).map { index in
+                            state.openSession(
+                                service: "web", agent: "office", client: "\(index)", clientSocket: client)
+                        }
+                        let joined = state.openSession(
+                            service: "web", agent: "office", client: "j", clientSocket: client)
+                        guard case .claimed = joined.claim(token: joined.token, dataChannel: dataSocket) else {
+                            Issue.record("claim failed")
+                            return
+                        }
+                        let otherAgent = state.openSession(
+                            service: "db", agent: "lab", client: "o", clientSocket: client)
 
-                state.unregister(link)
+                        state.unregister(link)
 
-                #expect(state.agent(serving: "web") == nil)
-                for session in pending {
-                    #expect(await Self.failure(of: session).map { "\($0)" } == "\(SessionFailure.agentDisconnected)")
+                        #expect(state.agent(serving: "web") == nil)
+                        for session in pending {
+                            #expect(
+                                await Self.failure(of: session).map { "\($0)" } == "\(SessionFailure.agentDisconnected)"
+                            )
+                        }
+                        if case .open = joined.phase {} else { Issue.record("an attached session was touched") }
+                        #expect(Self.isPending(otherAgent), "another agent's session was failed")
+                        joined.handle(.attachedNotSent)
+                        otherAgent.fail(.shuttingDown)
+                    }
                 }
-                if case .open = joined.phase {} else { Issue.record("an attached session was touched") }
-                #expect(Self.isPending(otherAgent), "another agent's session was failed")
-                joined.handle(.attachedNotSent)
-                otherAgent.fail(.shuttingDown)
             }
         }
 
         @Test func aReplacedLinkUnregistersNothing() async throws {
             let state = try Self.proxyState()
-            try await Loopback.withConnection { agentSide, client in
-                let old = Self.link("office", on: agentSide.channel)
-                let new = Self.link("office", on: agentSide.channel)
-                #expect(state.register(old) == nil)
-                #expect(state.register(new) === old)
-                let session = state.openSession(
-                    service: "web", agent: "office", client: "a", clientChannel: client.channel)
-                state.unregister(old)
-                #expect(state.agent(serving: "web") === new)
-                #expect(Self.isPending(session))
-                state.unregister(new)
-                #expect(await Self.failure(of: session).map { "\($0)" } == "\(SessionFailure.agentDisconnected)")
+            try await Loopback.withConnection { agentSide, _ in
+                try await Loopback.withOwnedConnection { _, client in
+                    let old = Self.link("office", on: agentSide.channel)
+                    let new = Self.link("office", on: agentSide.channel)
+                    #expect(state.register(old) == nil)
+                    #expect(state.register(new) === old)
+                    let session = state.openSession(
+                        service: "web", agent: "office", client: "a", clientSocket: client)
+                    state.unregister(old)
+                    #expect(state.agent(serving: "web") === new)
+                    #expect(Self.isPending(session))
+                    state.unregister(new)
+                    #expect(await Self.failure(of: session).map { "\($0)" } == "\(SessionFailure.agentDisconnected)")
+                }
             }
         }
 
         @Test func aSessionIsClaimedOnceAndOnlyWithItsToken() async throws {
             let state = try Self.proxyState()
-            try await Loopback.withConnection { data, client in
-                let session = state.openSession(
-                    service: "web", agent: "office", client: "a", clientChannel: client.channel)
-                let other = state.openSession(
-                    service: "web", agent: "office", client: "b", clientChannel: client.channel)
-                if case .badToken = session.claim(token: other.token, dataChannel: data.channel) {
-                } else {
-                    Issue.record("another session's token was accepted")
-                }
-                if case .badToken = session.claim(token: "", dataChannel: data.channel) {
-                } else {
-                    Issue.record("an empty token was accepted")
-                }
-                #expect(Self.isPending(session))
-                // Eight attaches at once with the right token: one wins.
-                let results = await withTaskGroup(of: Bool.self) { group in
-                    for _ in 0..<8 {
-                        group.addTask {
-                            if case .claimed = session.claim(token: session.token, dataChannel: data.channel) {
-                                return true
-                            }
-                            return false
-                        }
+            try await Loopback.withOwnedConnection { _, data in
+                try await Loopback.withOwnedConnection { _, client in
+                    let session = state.openSession(
+                        service: "web", agent: "office", client: "a", clientSocket: client)
+                    let other = state.openSession(
+                        service: "web", agent: "office", client: "b", clientSocket: client)
+                    if case .badToken = session.claim(token: other.token, dataChannel: data) {
+                    } else {
+                        Issue.record("another session's token was accepted")
                     }
-                    return await group.reduce(into: []) { $0.append($1) }
+                    if case .badToken = session.claim(token: "", dataChannel: data) {
+                    } else {
+                        Issue.record("an empty token was accepted")
+                    }
+                    #expect(Self.isPending(session))
+                    // Eight attaches at once with the right token: one wins.
+                    let results = await withTaskGroup(of: Bool.self) { group in
+                        for _ in 0..<8 {
+                            group.addTask {
+                                if case .claimed = session.claim(token: session.token, dataChannel: data) {
+                                    return true
+                                }
+                                return false
+                            }
+                        }
+                        return await group.reduce(into: []) { $0.append($1) }
+                    }
+                    let winners = results.filter { $0 }
+                    #expect(winners.count == 1)
+                    if case .open(let channel) = session.phase {
+                        #expect(channel === data)
+                    } else {
+                        Issue.record("a claimed session is not open")
+                    }
+                    if case .notPending = session.claim(token: session.token, dataChannel: data) {
+                    } else {
+                        Issue.record("a session was claimed twice")
+                    }
+                    #expect(!session.fail(.killed), "an attached session can no longer fail as pending")
+                    // A session that failed cannot be claimed.
+                    #expect(other.fail(.attachTimeout(1)))
+                    if case .notPending = other.claim(token: other.token, dataChannel: data) {
+                    } else {
+                        Issue.record("a failed session was claimed")
+                    }
+                    session.handle(.attachedNotSent)
                 }
-                let winners = results.filter { $0 }
-                #expect(winners.count == 1)
-                if case .open(let channel) = session.phase {
-                    #expect(channel === data.channel)
-                } else {
-                    Issue.record("a claimed session is not open")
-                }
-                if case .notPending = session.claim(token: session.token, dataChannel: data.channel) {
-                } else {
-                    Issue.record("a session was claimed twice")
-                }
-                #expect(!session.fail(.killed), "an attached session can no longer fail as pending")
-                // A session that failed cannot be claimed.
-                #expect(other.fail(.attachTimeout(1)))
-                if case .notPending = other.claim(token: other.token, dataChannel: data.channel) {
-                } else {
-                    Issue.record("a failed session was claimed")
-                }
-                session.handle(.attachedNotSent)
             }
         }
 
         @Test func terminatingAPendingSessionResetsTheClientAndFailsIt() async throws {
             let state = try Self.proxyState()
-            try await Loopback.withConnection { outerClient, client in
+            try await Loopback.withOwnedConnection { outerClient, client in
                 let session = state.openSession(
-                    service: "web", agent: "office", client: "a", clientChannel: client.channel)
+                    service: "web", agent: "office", client: "a", clientSocket: client)
                 session.handle(.kill)
                 #expect(await Self.failure(of: session).map { "\($0)" } == "\(SessionFailure.killed)")
                 if case .killed? = session.termination {} else { Issue.record("termination not recorded") }
@@ -171,11 +181,11 @@ extension IOTests {
 
         @Test func terminatingAnOpenSessionResetsBothConnections() async throws {
             let state = try Self.proxyState()
-            try await Loopback.withConnection { outerClient, client in
-                try await Loopback.withConnection { agent, data in
+            try await Loopback.withOwnedConnection { outerClient, client in
+                try await Loopback.withOwnedConnection { agent, data in
                     let session = state.openSession(
-                        service: "web", agent: "office", client: "a", clientChannel: client.channel)
-                    guard case .claimed = session.claim(token: session.token, dataChannel: data.channel) else {
+                        service: "web", agent: "office", client: "a", clientSocket: client)
+                    guard case .claimed = session.claim(token: session.token, dataChannel: data) else {
                         Issue.record("claim failed")
                         return
                     }
@@ -237,12 +247,12 @@ extension IOTests {
 
         @Test func killingAnAgentSessionResetsItsConnections() async throws {
             let state = try Self.agentState()
-            try await Loopback.withConnection { targetPeer, target in
-                try await Loopback.withConnection { relayPeer, data in
+            try await Loopback.withOwnedConnection { targetPeer, target in
+                try await Loopback.withOwnedConnection { relayPeer, data in
                     let session = Self.agentSession("a1", state)
-                    session.adopt(target.channel)
-                    session.adopt(data.channel)
-                    #expect(session.connections.count == 2)
+                    session.adoptTarget(target)
+                    session.adoptData(data)
+                    #expect(session.targetSocket === target)
                     session.handle(.kill)
                     #expect(session.end?.description == "killed by operator")
                     for peer in [targetPeer, relayPeer] {
