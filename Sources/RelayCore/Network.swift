@@ -69,17 +69,6 @@ public enum Network {
         }
     }
 
-    /// Adopts a listening socket that was handed to us (systemd socket activation).
-    public static func listen(
-        adopting descriptor: CInt,
-        group: any EventLoopGroup,
-        tuning: @escaping @Sendable () -> TCPTuning = { TCPTuning() }
-    ) async throws -> TCPListener {
-        try await self.serverBootstrap(group: group).bind(descriptor, cleanupExistingSocketFile: false) { channel in
-            self.wrapAccepted(channel, tuning: tuning())
-        }
-    }
-
     /// Connects to `address`, failing after `timeout`. A host name is resolved now, except
     /// `localhost` (and `*.localhost`), which is the loopback address whatever `/etc/hosts`
     /// says or lacks (RFC 6761): 127.0.0.1 first, then ::1.

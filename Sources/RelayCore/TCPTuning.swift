@@ -116,17 +116,6 @@ public struct TCPTuning: Sendable, Equatable {
         try descriptor.setOption(level: Int32(IPPROTO_TCP), name: Int32(TCP_USER_TIMEOUT), value: milliseconds)
     }
 
-    /// Gives an accepted connection the control channel's user timeout, once its first
-    /// line showed it is one (the relay's agent port carries both kinds).
-    public func applyControl(to channel: any Channel) async throws {
-        let control = self.userTimeout(for: .control)
-        guard control != self.userTimeout(for: .data) else { return }
-        try await channel.eventLoop.submit {
-            guard let options = channel.syncOptions else { return }
-            try Self.setUserTimeout(control, on: options)
-        }.get()
-    }
-
     private static func setUserTimeout(_ seconds: Double, on options: some NIOSynchronousChannelOptions) throws {
         let milliseconds = Int(min(max(0, seconds) * 1000, Double(CInt.max)))
         try options.setOption(.tcpOption(.init(rawValue: CInt(TCP_USER_TIMEOUT))), value: milliseconds)
