@@ -321,6 +321,49 @@ extension IOTests {
             }
         }
 
+        /// When a kill comes: before a byte has moved (the user-space plane may not even have
+        /// adopted the sockets yet), or once bytes have moved both ways.
+        enum KillMoment: String, Sendable, CaseIterable, CustomStringConvertible {
+            case atOnce = "at once"
+            case afterBytes = "after bytes moved"
+
+            var description: String { self.rawValue }
+        }
+
+        /// `kill(reason:)` (an operator's `relayctl kill`, a removed service, a drain deadline)
+        /// resets both peers, and the outcome carries the reason as given.
+        @Test(arguments: planes, KillMoment.allCases)
+        func aKillResetsBothPeersAndTheOutcomeSaysWhy(plane: any DataPlane, moment: KillMoment) async throws {
+            let reason = "killed by the contract test"
+            try await PumpRig.with { rig in
+                let run = rig.start(plane)
+                if moment == .afterBytes {
+                    try await rig.client.write("ping")
+                    #expect(try await rig.target.read(count: 4) == "ping")
+                    try await rig.target.write("pong")
+                    #expect(try await rig.client.read(count: 4) == "pong")
+                }
+                let start = ContinuousClock.now
+                run.kill(reason: reason)
+                async let clientSaw = Timing.withTimeout(5) { await rig.client.receive(Self.down) }
+                async let targetSaw = Timing.withTimeout(5) { await rig.target.receive(Self.up) }
+                let (client, target) = try await (clientSaw, targetSaw)
+                let elapsed = Timing.milliseconds(since: start)
+                let outcome = await run.outcome(within: 5)
+                print(
+                    "figure: kill \(moment) through \(plane): within \(elapsed) ms the client's connection "
+                        + "\(client.map { "\($0)" } ?? "not ended"), the target's \(target.map { "\($0)" } ?? "not ended"); "
+                        + "outcome \(outcome.map { "\($0)" } ?? "none")")
+                #expect(client?.end?.isReset == true, "the client saw no reset: \(String(describing: client))")
+                #expect(target?.end?.isReset == true, "the target saw no reset: \(String(describing: target))")
+                guard case .failed(_, let said)? = outcome else {
+                    Issue.record("the run did not fail: \(String(describing: outcome))")
+                    return
+                }
+                #expect(said == reason)
+            }
+        }
+
         // MARK: - Helpers
 
         /// Sends `count` bytes of `pattern` from `offset` on, then half-closes.
