@@ -102,9 +102,10 @@ let package = Package(
         .testTarget(
             name: "RelayCoreTests",
             dependencies: [
-                "RelayCore", "RelayProtocol", "RelayProxy", "RelayAgent",
+                "RelayCore", "RelayProtocol", "RelayProxy", "RelayAgent", "RelayDataPlane",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .testTarget(name: "RelayDataPlaneTests", dependencies: ["RelayDataPlane"]),

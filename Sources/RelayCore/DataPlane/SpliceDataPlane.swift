@@ -2,7 +2,7 @@ import RelayDataPlane
 
 /// The kernel data plane: both sockets go to a ``SplicePlane`` (socket → pipe → socket with
 /// splice(2), on epoll loops of its own), so no byte of a plaintext session enters user space.
-public struct SpliceDataPlane: DataPlane {
+public struct SpliceDataPlane: DataPlane, CustomStringConvertible {
     /// The loops every session of the process shares.
     public let plane: SplicePlane
 
@@ -19,6 +19,13 @@ public struct SpliceDataPlane: DataPlane {
             fatalError("cannot start the splice data plane: \(error)")
         }
     }()
+
+    /// "splice (2 loops, level-triggered, 256 KiB pipes)", for logs and test figures.
+    public var description: String {
+        let configuration = self.plane.configuration
+        let loops = configuration.loops == 1 ? "1 loop" : "\(configuration.loops) loops"
+        return "splice (\(loops), \(configuration.trigger)-triggered, \(configuration.pipeSize >> 10) KiB pipes)"
+    }
 
     public func start(_ first: OwnedSocket, _ second: OwnedSocket, meter: TrafficMeter, limits: PumpLimits)
         -> any PumpRunning

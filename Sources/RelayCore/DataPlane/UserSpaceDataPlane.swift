@@ -5,7 +5,7 @@ import Synchronization
 /// The user-space data plane: adopts both sockets into NIO (`withConnectedSocket`) and runs
 /// a ``SessionPump`` over them. The portable fallback, and the path for a session whose bytes
 /// must pass through user space (TLS on the agent port).
-public struct UserSpaceDataPlane: DataPlane {
+public struct UserSpaceDataPlane: DataPlane, CustomStringConvertible {
     let pump: any SessionPump
     let group: any EventLoopGroup
 
@@ -16,6 +16,9 @@ public struct UserSpaceDataPlane: DataPlane {
         self.pump = pump
         self.group = group
     }
+
+    /// "user space (AsyncChannelPump)", for logs and test figures.
+    public var description: String { "user space (\(type(of: self.pump)))" }
 
     public func start(_ first: OwnedSocket, _ second: OwnedSocket, meter: TrafficMeter, limits: PumpLimits)
         -> any PumpRunning

@@ -1,5 +1,4 @@
 import Foundation
-import NIOCore
 
 /// The bytes Linux holds for TCP sockets, from `/proc/net/tcp`: per socket `tx_queue`
 /// (written, not yet acknowledged by the peer) and `rx_queue` (received, not yet read).
@@ -8,8 +7,9 @@ enum KernelQueues {
         case noSuchSocket(local: Int, remote: Int)
     }
 
-    /// The queued bytes of each of these channels' sockets (connected on 127.0.0.1).
-    static func bytes(of channels: [any Channel]) throws -> [Int] {
+    /// The queued bytes of each socket, given as its (local, remote) ports on 127.0.0.1: so
+    /// sockets the test holds no handle on (a data plane's) are measured too.
+    static func bytes(of sockets: [(local: Int, remote: Int)]) throws -> [Int] {
         // Read to the end: the kernel hands this file out a page per read.
         let data = FileHandle(forReadingAtPath: "/proc/net/tcp")?.readDataToEndOfFile() ?? Data()
         var queued: [String: Int] = [:]
@@ -22,11 +22,9 @@ enum KernelQueues {
             guard queues.count == 2 else { continue }
             queued["\(Self.port(fields[1])):\(Self.port(fields[2]))"] = queues[0] + queues[1]
         }
-        return try channels.map { channel in
-            let local = channel.localAddress?.port ?? -1
-            let remote = channel.remoteAddress?.port ?? -1
-            guard let bytes = queued["\(local):\(remote)"] else {
-                throw Failure.noSuchSocket(local: local, remote: remote)
+        return try sockets.map { socket in
+            guard let bytes = queued["\(socket.local):\(socket.remote)"] else {
+                throw Failure.noSuchSocket(local: socket.local, remote: socket.remote)
             }
             return bytes
         }

@@ -1,6 +1,6 @@
+import Logging
 import NIOCore
 import NIOPosix
-import RelayDataPlane
 
 @testable import RelayCore
 
@@ -27,26 +27,63 @@ enum Loopback {
         }
     }
 
-    /// Runs `body` with a fresh connection whose dialled end is an NIO peer and whose
-    /// accepted end is a descriptor the test owns (as the daemons' listeners accept them),
-    /// reset at the end unless it was handed on.
-    static func withOwnedConnection<R: Sendable>(_ body: (Peer, OwnedSocket) async throws -> R) async throws -> R {
-        let address = try SocketAddress(ipAddress: "127.0.0.1", port: 0)
-        let listening = try Descriptor.tcpSocket(family: address.protocol.rawValue)
-        defer { listening.close() }
-        try address.withSockAddr { pointer, length in
-            try listening.bindAndListen(pointer, length: length, backlog: 4)
+    /// Runs `body` with a fresh connection from a NIO peer (`Network.dial`) to a socket
+    /// accepted as a plain descriptor by an `OwnedListener`, as a daemon accepts a client: the
+    /// peer first, then the owned socket. The peer is closed through `executeThenClose` when
+    /// `body` returns or throws; the owned socket is reset when dropped, unless it was handed on.
+    static func withAcceptedSocket<R: Sendable>(_ body: (Peer, OwnedSocket) async throws -> R) async throws -> R {
+        let listener = try OwnedListener.bind(try SocketAddress(ipAddress: "127.0.0.1", port: 0))
+        let (sockets, arrivals) = AsyncStream.makeStream(of: OwnedSocket.self)
+        let accepting = Task {
+            await listener.run(logger: Logger(label: "loopback"), tuning: { TCPTuning() }) { arrivals.yield($0) }
+            arrivals.finish()
         }
-        let port = listening.address(peer: false).flatMap(SocketAddress.init(storage:))?.port ?? 0
-        let dialled = try await Network.dial(
-            HostPort(host: "127.0.0.1", port: port), timeout: .seconds(5), group: self.group)
-        return try await dialled.executeThenClose { dialledIn, dialledOut in
-            // The dial completed, so the connection waits in the accept queue.
-            guard let accepted = try listening.accept() else { throw Failure.noAcceptedConnection }
-            let owned = OwnedSocket(accepted)
-            defer { owned.reset() }
-            return try await body(Peer(channel: dialled.channel, inbound: dialledIn, outbound: dialledOut), owned)
+        let dialled: TCPConnection
+        do {
+            dialled = try await Network.dial(
+                HostPort(host: "127.0.0.1", port: Self.port(of: listener.localAddress)), timeout: .seconds(5),
+                group: self.group)
+        } catch {
+            listener.close()
+            await accepting.value
+            throw error
         }
+        var iterator = sockets.makeAsyncIterator()
+        let socket = await iterator.next()
+        listener.close()
+        await accepting.value
+        guard let accepted = socket else {
+            try? await dialled.executeThenClose { _, _ in }
+            throw Failure.noAcceptedConnection
+        }
+        return try await dialled.executeThenClose { inbound, outbound in
+            try await body(Peer(channel: dialled.channel, inbound: inbound, outbound: outbound), accepted)
+        }
+    }
+
+    /// Runs `body` with a fresh connection from a socket dialled as a plain descriptor
+    /// (`SocketIO.dial`), as a daemon dials a target, to a NIO peer accepted by
+    /// `Network.listen`: the owned socket first, then the peer. The peer is closed through
+    /// `executeThenClose` when `body` returns or throws; the owned socket is reset when
+    /// dropped, unless it was handed on.
+    static func withDialledSocket<R: Sendable>(_ body: (OwnedSocket, Peer) async throws -> R) async throws -> R {
+        let listener = try await Network.listen(
+            on: try SocketAddress(ipAddress: "127.0.0.1", port: 0), group: self.group)
+        let port = listener.channel.localAddress?.port ?? 0
+        let (dialled, accepted) = try await listener.executeThenClose { inbound, _ in
+            let dialled = try await SocketIO.dial(HostPort(host: "127.0.0.1", port: port), timeout: .seconds(5))
+            var accepts = inbound.makeAsyncIterator()
+            guard let accepted = try await accepts.next()?.take() else { throw Failure.noAcceptedConnection }
+            return (dialled, accepted)
+        }
+        return try await accepted.executeThenClose { inbound, outbound in
+            try await body(dialled, Peer(channel: accepted.channel, inbound: inbound, outbound: outbound))
+        }
+    }
+
+    /// The port of an address as logs show it ("127.0.0.1:40000").
+    private static func port(of address: String) -> Int {
+        address.split(separator: ":").last.flatMap { Int($0) } ?? 0
     }
 
     /// A listener on port 0 that accepts one connection and closes; the caller owns both
@@ -100,11 +137,6 @@ struct Peer: Sendable {
         self.channel = channel
         self.reader = InboundReader(inbound)
         self.writer = outbound
-    }
-
-    /// This end as one side of a pump.
-    var endpoint: PumpEndpoint {
-        PumpEndpoint(channel: self.channel, reader: self.reader, writer: self.writer)
     }
 
     func write(_ text: String) async throws {

@@ -15,7 +15,7 @@ extension IOTests {
 
         @Test func openSessionsGetUniqueIdsAndTokens() async throws {
             let state = try Self.proxyState()
-            try await Loopback.withOwnedConnection { _, client in
+            try await Loopback.withAcceptedSocket { _, client in
                 let sessions = (0..<500).map { index in
                     state.openSession(
                         service: "web", agent: "office", client: "10.0.0.1:\(index)", clientSocket: client)
@@ -36,7 +36,7 @@ extension IOTests {
 
         @Test func removeSessionForgetsThatSessionOnly() async throws {
             let state = try Self.proxyState()
-            try await Loopback.withOwnedConnection { _, client in
+            try await Loopback.withAcceptedSocket { _, client in
                 let first = state.openSession(
                     service: "web", agent: "office", client: "a", clientSocket: client)
                 let second = state.openSession(
@@ -60,8 +60,8 @@ extension IOTests {
         @Test func unregisteringAnAgentFailsItsPendingSessionsOnly() async throws {
             let state = try Self.proxyState()
             try await Loopback.withConnection { agentSide, _ in
-                try await Loopback.withOwnedConnection { _, client in
-                    try await Loopback.withOwnedConnection { _, dataSocket in
+                try await Loopback.withAcceptedSocket { _, client in
+                    try await Loopback.withAcceptedSocket { _, dataSocket in
                         let link = Self.link("office", on: agentSide.channel)
                         #expect(state.register(link) == nil)
                         #expect(state.agent(serving: "web") === link)
@@ -98,7 +98,7 @@ extension IOTests {
         @Test func aReplacedLinkUnregistersNothing() async throws {
             let state = try Self.proxyState()
             try await Loopback.withConnection { agentSide, _ in
-                try await Loopback.withOwnedConnection { _, client in
+                try await Loopback.withAcceptedSocket { _, client in
                     let old = Self.link("office", on: agentSide.channel)
                     let new = Self.link("office", on: agentSide.channel)
                     #expect(state.register(old) == nil)
@@ -116,8 +116,8 @@ extension IOTests {
 
         @Test func aSessionIsClaimedOnceAndOnlyWithItsToken() async throws {
             let state = try Self.proxyState()
-            try await Loopback.withOwnedConnection { _, data in
-                try await Loopback.withOwnedConnection { _, client in
+            try await Loopback.withAcceptedSocket { _, data in
+                try await Loopback.withAcceptedSocket { _, client in
                     let session = state.openSession(
                         service: "web", agent: "office", client: "a", clientSocket: client)
                     let other = state.openSession(
@@ -168,7 +168,7 @@ extension IOTests {
 
         @Test func terminatingAPendingSessionResetsTheClientAndFailsIt() async throws {
             let state = try Self.proxyState()
-            try await Loopback.withOwnedConnection { outerClient, client in
+            try await Loopback.withAcceptedSocket { outerClient, client in
                 let session = state.openSession(
                     service: "web", agent: "office", client: "a", clientSocket: client)
                 session.handle(.kill)
@@ -181,8 +181,8 @@ extension IOTests {
 
         @Test func terminatingAnOpenSessionResetsBothConnections() async throws {
             let state = try Self.proxyState()
-            try await Loopback.withOwnedConnection { outerClient, client in
-                try await Loopback.withOwnedConnection { agent, data in
+            try await Loopback.withAcceptedSocket { outerClient, client in
+                try await Loopback.withAcceptedSocket { agent, data in
                     let session = state.openSession(
                         service: "web", agent: "office", client: "a", clientSocket: client)
                     guard case .claimed = session.claim(token: session.token, dataChannel: data) else {
@@ -247,8 +247,8 @@ extension IOTests {
 
         @Test func killingAnAgentSessionResetsItsConnections() async throws {
             let state = try Self.agentState()
-            try await Loopback.withOwnedConnection { targetPeer, target in
-                try await Loopback.withOwnedConnection { relayPeer, data in
+            try await Loopback.withAcceptedSocket { targetPeer, target in
+                try await Loopback.withAcceptedSocket { relayPeer, data in
                     let session = Self.agentSession("a1", state)
                     session.adoptTarget(target)
                     session.adoptData(data)
