@@ -109,4 +109,11 @@ extension Descriptor {
         address.sa_family = sa_family_t(AF_UNSPEC)
         _ = Glibc.connect(self.rawValue, &address, socklen_t(MemoryLayout<sockaddr>.size))
     }
+
+    /// Whether the socket is writable (or failed) right now, without waiting: `poll` with a
+    /// zero timeout.
+    public var isWritableNow: Bool {
+        var entry = pollfd(fd: self.rawValue, events: Int16(POLLOUT), revents: 0)
+        return poll(&entry, 1, 0) == 1
+    }
 }

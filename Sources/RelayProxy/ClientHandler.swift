@@ -23,7 +23,8 @@ struct ClientHandler {
             socket.close()
             return
         }
-        let session = self.state.openSession(service: service, agent: link.id, client: client, clientSocket: socket)
+        let session = self.state.openSession(
+            service: service, agent: link.id, client: client, clientSocket: socket, dataPlane: self.dataPlane)
         defer { self.state.removeSession(session) }
         logger[metadataKey: "session"] = "\(session.id)"
         logger.info("session open", metadata: ["service": "\(service)", "client": "\(client)", "agent": "\(link.id)"])
@@ -46,10 +47,11 @@ struct ClientHandler {
         }
         logger.info("session attached", metadata: ["data": "\(data.socket.remote)"])
 
-        // S11–S20: join client and data channel; the client's early bytes wait in its socket until now.
-        let running = self.dataPlane.start(
-            socket, data.socket, meter: session.meter, limits: self.state.config.pumpLimits)
-        session.pumping(running)
+        // S11–S20: the session joined client and data channel on the data plane when the data
+        // channel was attached; the client's early bytes waited in its socket until then.
+        let running =
+            data.running ?? self.dataPlane.start(socket, data.socket, meter: session.meter, limits: session.pumpLimits)
+        if data.running == nil { session.pumping(running) }
         switch await running.outcome {
         case .finished:
             session.handle(.finPassedOn(.first))

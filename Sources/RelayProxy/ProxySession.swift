@@ -14,6 +14,9 @@ struct DataLink: Sendable {
     /// The data channel, past its `attach` line; what the agent sent after that line is its
     /// ``OwnedSocket/pending``.
     let socket: OwnedSocket
+    /// The data plane's run, when the session started it at the join (it does when it was
+    /// given a data plane): the client task then only awaits it.
+    var running: (any PumpRunning)? = nil
 }
 
 /// One client connection's session at the relay (S5–S20), from accept to close: a shell
@@ -73,14 +76,21 @@ final class ProxySession: Sendable {
     private let promise: EventLoopPromise<DataLink>
     /// Where the session's timers run.
     private let eventLoop: any EventLoop
+    /// Where the session's bytes move once joined; nil: the client task starts the pump.
+    private let dataPlane: (any DataPlane)?
+    /// The pump's limits, from the config in force when the session opened.
+    let pumpLimits: PumpLimits
     private let core: Mutex<Core>
 
     /// A started session: its attach timer runs; the caller sends `connect` (S7).
     init(
         id: String, service: String, agent: String, client: String, clientSocket: OwnedSocket,
         telemetry: ServiceTelemetry, attachTimeout: Double = 10, halfCloseTimeout: Double = 0,
-        eventLoop: any EventLoop = MultiThreadedEventLoopGroup.singleton.next()
+        eventLoop: any EventLoop = MultiThreadedEventLoopGroup.singleton.next(),
+        dataPlane: (any DataPlane)? = nil
     ) {
+        self.dataPlane = dataPlane
+        self.pumpLimits = PumpLimits(halfCloseTimeoutSeconds: halfCloseTimeout)
         self.id = id
         self.service = service
         self.agent = agent
@@ -212,12 +222,21 @@ final class ProxySession: Sendable {
                     core.attachTimer = nil
                 }
             case .startPumping:
-                let link = self.core.withLock { core in
-                    let link = core.link
-                    core.link = nil
-                    return link
+                guard
+                    var link = self.core.withLock({ core in
+                        defer { core.link = nil }
+                        return core.link
+                    })
+                else { break }
+                // Started right here, by the task that joined: the client's task is woken
+                // only to await the outcome, not on the way of the session's first byte.
+                if let dataPlane = self.dataPlane {
+                    let running = dataPlane.start(
+                        self.clientSocket, link.socket, meter: self.meter, limits: self.pumpLimits)
+                    link.running = running
+                    self.pumping(running)
                 }
-                if let link { self.promise.succeed(link) }
+                self.promise.succeed(link)
             case .resetBoth:
                 let (data, running) = self.core.withLock { core in
                     core.resetReason = core.resetReason ?? core.machine.end?.description ?? "reset"

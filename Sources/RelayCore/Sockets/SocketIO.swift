@@ -107,8 +107,12 @@ public enum SocketIO {
             let connected = try address.withSockAddr { pointer, length in
                 try descriptor.startConnect(pointer, length: length)
             }
-            if !connected {
+            // A loopback connect is often done by the time the call returns: look before
+            // waiting, which costs two thread hops.
+            if !connected && !descriptor.isWritableNow {
                 try await self.wait(.writable, on: descriptor, until: deadline)
+            }
+            if !connected {
                 let error = descriptor.takePendingError()
                 if error != 0 { throw SocketIOError.system(SystemError(call: "connect", code: error)) }
             }
