@@ -86,7 +86,8 @@ public final class AgentServer: Service, Sendable {
             // Sessions are independent of the control channel that asked for them. The
             // stream ends once shutdown has drained them; then the helpers above stop.
             for await (connect, control) in self.requests {
-                group.addTask { await runner.run(connect, control: control) }
+                // On the readiness loop's thread: dials, attach and hand-over without a thread hop.
+                group.addTask(executorPreference: SocketIO.readiness) { await runner.run(connect, control: control) }
             }
             group.cancelAll()
         }

@@ -18,7 +18,13 @@ import Synchronization
 /// and is resumed once: when epoll reports it, when its deadline passes (the loop sleeps
 /// until the earliest one), or when its task is cancelled. Descriptors are not owned: the
 /// caller closes them, after its wait has returned.
-public final class ReadinessLoop: Sendable {
+///
+/// The loop is also a `TaskExecutor`: a task that prefers it
+/// (`withTaskExecutorPreference(loop)`, `Task(executorPreference: loop)`) runs on the loop's
+/// own thread between two `epoll_wait`s, so a wait that ends resumes it right there, with no
+/// hop to another thread: a handshake (accept, read a line, answer, hand over) costs no
+/// context switch. Such tasks must not block; they only wait through the loop.
+public final class ReadinessLoop: TaskExecutor, Sendable {
     /// What a wait is for.
     public enum Interest: Sendable {
         /// Bytes to read, an end of stream, an error, or a connection to accept.
@@ -54,6 +60,10 @@ public final class ReadinessLoop: Sendable {
         /// The earliest deadline the loop's current `epoll_wait` will wake for (nil: none).
         var sleepsUntil: ContinuousClock.Instant?
         var stopped = false
+        /// Jobs of tasks that prefer this executor, run in order on the loop's thread.
+        var jobs: [UnownedJob] = []
+        /// Whether the loop is in (or about to enter) an `epoll_wait` that a new job must end.
+        var sleeping = false
     }
 
     private let epoll: Int32
@@ -141,6 +151,16 @@ public final class ReadinessLoop: Sendable {
         }
     }
 
+    public func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        let wake = self.state.withLock { state in
+            state.jobs.append(job)
+            defer { state.sleeping = false }
+            return state.sleeping
+        }
+        if wake { self.signal() }
+    }
+
     /// Resumes every wait on `descriptor` with ``Wakeup/cancelled`` (its socket was aborted).
     public func cancelWaits(on descriptor: Descriptor) {
         let ids = self.state.withLock { state in
@@ -187,8 +207,18 @@ public final class ReadinessLoop: Sendable {
     private func run() {
         cdataplane_name_thread("relay-ready")
         var events = [epoll_event](repeating: epoll_event(), count: Self.eventBatch)
+        let executor = self.asUnownedTaskExecutor()
         while true {
-            let timeout: Int32 = self.state.withLock { state in
+            let jobs = self.state.withLock { state in
+                defer { state.jobs = [] }
+                return state.jobs
+            }
+            for job in jobs { job.runSynchronously(on: executor) }
+            let timeout: Int32? = self.state.withLock { state in
+                if state.stopped { return nil }
+                // Jobs queued meanwhile: look at epoll without sleeping, then run them.
+                if !state.jobs.isEmpty { return 0 }
+                state.sleeping = true
                 guard let deadline = state.waiters.values.compactMap(\.deadline).min() else {
                     state.sleepsUntil = nil
                     return -1
@@ -201,10 +231,11 @@ public final class ReadinessLoop: Sendable {
                     left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000 + 1
                 return Int32(min(milliseconds, Int64(Int32.max)))
             }
-            if self.state.withLock({ $0.stopped }) { return }
+            guard let timeout else { return }
             let count = events.withUnsafeMutableBufferPointer { buffer in
                 epoll_wait(self.epoll, buffer.baseAddress, Int32(buffer.count), timeout)
             }
+            self.state.withLock { $0.sleeping = false }
             if count < 0 && errno != EINTR { return }
             for index in 0..<max(0, Int(count)) {
                 let token = events[index].data.u64

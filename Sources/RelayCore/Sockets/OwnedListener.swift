@@ -49,9 +49,20 @@ public final class OwnedListener: Sendable {
     }
 
     /// Accepts until ``close()``, handing each connection, with `tuning()` applied for a
-    /// session connection, to `handler` in a task of its own. Ends when closed; a failing
+    /// session connection, to `handler` in a task of its own (on the readiness loop). Ends when closed; a failing
     /// accept (out of descriptors) is logged and retried after a pause, never fatal.
     public func run(
+        logger: Logger, tuning: @escaping @Sendable () -> TCPTuning,
+        handler: @escaping @Sendable (OwnedSocket) async -> Void
+    ) async {
+        // The accept loop and every connection's handler run on the readiness loop's thread
+        // (they only wait through it): accept, handshake and hand-over without a thread hop.
+        await withTaskExecutorPreference(SocketIO.readiness) {
+            await self.accept(logger: logger, tuning: tuning, handler: handler)
+        }
+    }
+
+    private func accept(
         logger: Logger, tuning: @escaping @Sendable () -> TCPTuning,
         handler: @escaping @Sendable (OwnedSocket) async -> Void
     ) async {
