@@ -19,10 +19,14 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
     ],
     targets: [
+        // What every module and executable shares, with no dependencies: the version, and what
+        // Foundation had and FoundationEssentials lacks (path strings, stdout/stderr, C formats).
+        .target(name: "RelaySupport"),
         // Pure protocol: messages, NDJSON framing, authentication, state machines. No I/O.
         .target(
             name: "RelayProtocol",
             dependencies: [
+                "RelaySupport",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
             ]
@@ -31,7 +35,7 @@ let package = Package(
         .target(
             name: "RelayCore",
             dependencies: [
-                "RelayProtocol",
+                "RelaySupport", "RelayProtocol",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -45,7 +49,7 @@ let package = Package(
         .target(
             name: "RelayProxy",
             dependencies: [
-                "RelayProtocol", "RelayCore",
+                "RelaySupport", "RelayProtocol", "RelayCore",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -55,7 +59,7 @@ let package = Package(
         .target(
             name: "RelayAgent",
             dependencies: [
-                "RelayProtocol", "RelayCore",
+                "RelaySupport", "RelayProtocol", "RelayCore",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -73,7 +77,7 @@ let package = Package(
         .executableTarget(
             name: "relay-proxy",
             dependencies: [
-                "RelayProxy", "RelayCore", "RelaySystemd",
+                "RelaySupport", "RelayCore", "RelayProxy", "RelaySystemd",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -82,7 +86,7 @@ let package = Package(
         .executableTarget(
             name: "relay-agent",
             dependencies: [
-                "RelayAgent", "RelayCore", "RelaySystemd",
+                "RelaySupport", "RelayCore", "RelayAgent", "RelaySystemd",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -91,7 +95,7 @@ let package = Package(
         .executableTarget(
             name: "relayctl",
             dependencies: [
-                "RelayCore", "RelayProtocol",
+                "RelaySupport", "RelayCore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -102,7 +106,7 @@ let package = Package(
         .testTarget(
             name: "RelayCoreTests",
             dependencies: [
-                "RelayCore", "RelayProtocol", "RelayProxy", "RelayAgent",
+                "RelaySupport", "RelayProtocol", "RelayCore", "RelayProxy", "RelayAgent",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]

@@ -4,6 +4,7 @@ import NIOCore
 import NIOPosix
 import RelayCore
 import RelayProtocol
+import RelaySupport
 import ServiceLifecycle
 import Synchronization
 

@@ -3,6 +3,7 @@ import FoundationEssentials
 import Logging
 import RelayCore
 import RelayProxy
+import RelaySupport
 import RelaySystemd
 import ServiceLifecycle
 

@@ -1,4 +1,5 @@
 import FoundationEssentials
+import RelaySupport
 
 /// What `status` answers. Keys common to both daemons, then those of one role (absent for
 /// the other). The keys are a stable, documented interface (docs/protocol.md).

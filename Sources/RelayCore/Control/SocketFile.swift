@@ -1,5 +1,6 @@
 import FoundationEssentials
 import Glibc
+import RelaySupport
 
 /// Preparing the path of a Unix socket a daemon is about to bind: its directory must exist,
 /// a live daemon there must not be disturbed, and a stale socket file is replaced.
