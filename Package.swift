@@ -31,11 +31,14 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
             ]
         ),
+        // The control socket's wire types, which relayctl and the daemons share: requests, responses,
+        // reports (JSON), limits, the socket's address, and relayctl's units and columns. No I/O, no NIO.
+        .target(name: "RelayControl", dependencies: ["RelaySupport"]),
         // Shared NIO plumbing: byte pump, line reader, listeners, addresses, config reading, logging.
         .target(
             name: "RelayCore",
             dependencies: [
-                "RelaySupport", "RelayProtocol",
+                "RelaySupport", "RelayProtocol", "RelayControl",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -49,7 +52,7 @@ let package = Package(
         .target(
             name: "RelayProxy",
             dependencies: [
-                "RelaySupport", "RelayProtocol", "RelayCore",
+                "RelaySupport", "RelayProtocol", "RelayControl", "RelayCore",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -59,7 +62,7 @@ let package = Package(
         .target(
             name: "RelayAgent",
             dependencies: [
-                "RelaySupport", "RelayProtocol", "RelayCore",
+                "RelaySupport", "RelayProtocol", "RelayControl", "RelayCore",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -95,7 +98,7 @@ let package = Package(
         .executableTarget(
             name: "relayctl",
             dependencies: [
-                "RelaySupport", "RelayCore",
+                "RelaySupport", "RelayControl",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -103,10 +106,11 @@ let package = Package(
             name: "RelayProtocolTests",
             dependencies: ["RelayProtocol", .product(name: "NIOCore", package: "swift-nio")]
         ),
+        .testTarget(name: "RelayControlTests", dependencies: ["RelayControl"]),
         .testTarget(
             name: "RelayCoreTests",
             dependencies: [
-                "RelaySupport", "RelayProtocol", "RelayCore", "RelayProxy", "RelayAgent",
+                "RelaySupport", "RelayProtocol", "RelayControl", "RelayCore", "RelayProxy", "RelayAgent",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
@@ -115,7 +119,7 @@ let package = Package(
         .testTarget(
             name: "RelayIntegrationTests",
             dependencies: [
-                "RelayProtocol", "RelayCore",
+                "RelayProtocol", "RelayControl", "RelayCore",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),

@@ -2,6 +2,7 @@ import FoundationEssentials
 import Logging
 import NIOCore
 import NIOPosix
+import RelayControl
 import RelayCore
 import RelayProtocol
 import RelaySupport

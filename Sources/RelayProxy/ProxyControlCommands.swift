@@ -2,6 +2,7 @@ import FoundationEssentials
 import Glibc
 import Logging
 import NIOCore
+import RelayControl
 import RelayCore
 import RelayProtocol
 

@@ -1,6 +1,6 @@
 import FoundationEssentials
 import Glibc
-import RelayCore
+import RelayControl
 import RelaySupport
 
 /// Where relayctl's results go: text or one JSON document on stdout, failures on stderr.

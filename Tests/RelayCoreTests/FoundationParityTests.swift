@@ -1,5 +1,5 @@
 import Foundation
-import RelayCore
+import RelayControl
 import RelayProtocol
 import RelaySupport
 import Testing
