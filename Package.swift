@@ -41,18 +41,30 @@ let package = Package(
                 "RelaySupport", "RelayProtocol", "RelayControl",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ]
+        ),
+        // Metrics: per-service and daemon telemetry on swift-metrics, the Prometheus registry, the
+        // HTTP endpoint that serves it, and binding that endpoint with the control socket.
+        .target(
+            name: "RelayMetrics",
+            dependencies: [
+                "RelayCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ]
         ),
         .target(
             name: "RelayProxy",
             dependencies: [
-                "RelaySupport", "RelayProtocol", "RelayControl", "RelayCore",
+                "RelaySupport", "RelayProtocol", "RelayControl", "RelayCore", "RelayMetrics",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -62,7 +74,7 @@ let package = Package(
         .target(
             name: "RelayAgent",
             dependencies: [
-                "RelaySupport", "RelayProtocol", "RelayControl", "RelayCore",
+                "RelaySupport", "RelayProtocol", "RelayControl", "RelayCore", "RelayMetrics",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -80,7 +92,7 @@ let package = Package(
         .executableTarget(
             name: "relay-proxy",
             dependencies: [
-                "RelaySupport", "RelayCore", "RelayProxy", "RelaySystemd",
+                "RelaySupport", "RelayCore", "RelayMetrics", "RelayProxy", "RelaySystemd",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -89,7 +101,7 @@ let package = Package(
         .executableTarget(
             name: "relay-agent",
             dependencies: [
-                "RelaySupport", "RelayCore", "RelayAgent", "RelaySystemd",
+                "RelaySupport", "RelayCore", "RelayMetrics", "RelayAgent", "RelaySystemd",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

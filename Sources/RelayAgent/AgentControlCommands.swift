@@ -4,6 +4,7 @@ import Logging
 import NIOCore
 import RelayControl
 import RelayCore
+import RelayMetrics
 import RelayProtocol
 
 /// The agent's answers on its control socket (relayctl): status, services, sessions, one

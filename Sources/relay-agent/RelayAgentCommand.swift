@@ -3,6 +3,7 @@ import FoundationEssentials
 import Logging
 import RelayAgent
 import RelayCore
+import RelayMetrics
 import RelaySupport
 import RelaySystemd
 import ServiceLifecycle

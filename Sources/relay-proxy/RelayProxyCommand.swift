@@ -2,6 +2,7 @@ import ArgumentParser
 import FoundationEssentials
 import Logging
 import RelayCore
+import RelayMetrics
 import RelayProxy
 import RelaySupport
 import RelaySystemd

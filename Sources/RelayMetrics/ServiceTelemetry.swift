@@ -1,4 +1,5 @@
 import Metrics
+import RelayCore
 import Synchronization
 
 /// One service's counters at a daemon: what `relayctl services` reports, kept in step with
