@@ -51,7 +51,7 @@ let package = Package(
         .target(
             name: "RelayMetrics",
             dependencies: [
-                "RelayCore",
+                "RelayControl", "RelayCore",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -88,7 +88,7 @@ let package = Package(
         .target(name: "RelayDataPlane", dependencies: ["CDataPlane"]),
         // The real libsystemd (Debian: libsystemd-dev), and a small Swift API over it.
         .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
-        .target(name: "RelaySystemd", dependencies: ["CSystemd", "RelayCore"]),
+        .target(name: "RelaySystemd", dependencies: ["CSystemd", "RelayControl", "RelayCore"]),
         .executableTarget(
             name: "relay-proxy",
             dependencies: [
@@ -96,6 +96,7 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ]
         ),
         .executableTarget(
@@ -105,6 +106,7 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ]
         ),
         .executableTarget(
@@ -122,7 +124,8 @@ let package = Package(
         .testTarget(
             name: "RelayCoreTests",
             dependencies: [
-                "RelaySupport", "RelayProtocol", "RelayControl", "RelayCore", "RelayProxy", "RelayAgent",
+                "RelaySupport", "RelayProtocol", "RelayControl", "RelayCore", "RelayMetrics",
+                "RelayProxy", "RelayAgent",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]

@@ -1,4 +1,5 @@
 import Metrics
+import RelayControl
 import RelayCore
 import Synchronization
 

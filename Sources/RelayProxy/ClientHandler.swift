@@ -1,6 +1,7 @@
 import Logging
 import NIOCore
 import RelayCore
+import RelayMetrics
 import RelayProtocol
 
 /// Serves one client of a service (S5–S20 at the relay): asks the agent for a data

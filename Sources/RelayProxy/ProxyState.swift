@@ -1,6 +1,5 @@
 import FoundationEssentials
 import NIOCore
-import RelayCore
 import RelayMetrics
 import RelayProtocol
 import Synchronization

@@ -7,6 +7,7 @@ import RelayMetrics
 import RelaySupport
 import RelaySystemd
 import ServiceLifecycle
+import UnixSignals
 
 /// relay-agent: the inside end of a reverse tunnel. See relay-agent(8).
 @main

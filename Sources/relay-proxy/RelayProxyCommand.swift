@@ -7,6 +7,7 @@ import RelayProxy
 import RelaySupport
 import RelaySystemd
 import ServiceLifecycle
+import UnixSignals
 
 /// relay-proxy: the public relay of a reverse tunnel. See relay-proxy(8).
 @main

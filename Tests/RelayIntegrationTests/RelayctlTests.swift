@@ -1,7 +1,6 @@
 import Foundation
 import NIOCore
 import RelayControl
-import RelayCore
 import Synchronization
 import Testing
 
