@@ -18,6 +18,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
     ],
+    // Each target depends on exactly the modules its files import (docs/architecture.md, Modules).
     targets: [
         // What every module and executable shares, with no dependencies: the version, and what
         // Foundation had and FoundationEssentials lacks (path strings, stdout/stderr, C formats).
@@ -34,7 +35,8 @@ let package = Package(
         // The control socket's wire types, which relayctl and the daemons share: requests, responses,
         // reports (JSON), limits, the socket's address, and relayctl's units and columns. No I/O, no NIO.
         .target(name: "RelayControl", dependencies: ["RelaySupport"]),
-        // Shared NIO plumbing: byte pump, line reader, listeners, addresses, config reading, logging.
+        // Shared NIO plumbing: byte pump, line reader, listeners, addresses, config reading, logging,
+        // the daemon life cycle, the control socket's server.
         .target(
             name: "RelayCore",
             dependencies: [
