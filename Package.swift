@@ -18,20 +18,42 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
     ],
+    // Each target depends on exactly the modules its files import (docs/architecture.md, Modules).
     targets: [
+        // What every module and executable shares, with no dependencies: the version, and what
+        // Foundation had and FoundationEssentials lacks (path strings, stdout/stderr, C formats).
+        .target(name: "RelaySupport"),
         // Pure protocol: messages, NDJSON framing, authentication, state machines. No I/O.
         .target(
             name: "RelayProtocol",
             dependencies: [
+                "RelaySupport",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
             ]
         ),
-        // Shared NIO plumbing: byte pump, line reader, listeners, addresses, config reading, logging.
+        // The control socket's wire types, which relayctl and the daemons share: requests, responses,
+        // reports (JSON), limits, the socket's address, and relayctl's units and columns. No I/O, no NIO.
+        .target(name: "RelayControl", dependencies: ["RelaySupport"]),
+        // Shared NIO plumbing: byte pump, line reader, listeners, addresses, config reading, logging,
+        // the daemon life cycle, the control socket's server.
         .target(
             name: "RelayCore",
             dependencies: [
-                "RelayProtocol", "RelayDataPlane",
+                "RelaySupport", "RelayProtocol", "RelayControl", "RelayDataPlane",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ]
+        ),
+        // Metrics: per-service and daemon telemetry on swift-metrics, the Prometheus registry, the
+        // HTTP endpoint that serves it, and binding that endpoint with the control socket.
+        .target(
+            name: "RelayMetrics",
+            dependencies: [
+                "RelayControl", "RelayCore",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -44,25 +66,21 @@ let package = Package(
         .target(
             name: "RelayProxy",
             dependencies: [
-                "RelayProtocol", "RelayCore",
+                "RelaySupport", "RelayProtocol", "RelayControl", "RelayCore", "RelayMetrics",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
-                .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ]
         ),
         .target(
             name: "RelayAgent",
             dependencies: [
-                "RelayProtocol", "RelayCore",
+                "RelaySupport", "RelayProtocol", "RelayControl", "RelayCore", "RelayMetrics",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
-                .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ]
         ),
         // Linux calls Swift's Glibc module leaves out: epoll, eventfd, splice(2), pipe2, F_SETPIPE_SZ.
@@ -72,26 +90,31 @@ let package = Package(
         .target(name: "RelayDataPlane", dependencies: ["CDataPlane"]),
         // The real libsystemd (Debian: libsystemd-dev), and a small Swift API over it.
         .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
-        .target(name: "RelaySystemd", dependencies: ["CSystemd", "RelayCore"]),
+        .target(name: "RelaySystemd", dependencies: ["CSystemd", "RelayControl", "RelayCore"]),
         .executableTarget(
             name: "relay-proxy",
             dependencies: [
-                "RelayProxy", "RelayCore", "RelaySystemd",
+                "RelaySupport", "RelayCore", "RelayMetrics", "RelayProxy", "RelaySystemd",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ]
         ),
         .executableTarget(
             name: "relay-agent",
             dependencies: [
-                "RelayAgent", "RelayCore", "RelaySystemd",
+                "RelaySupport", "RelayCore", "RelayMetrics", "RelayAgent", "RelaySystemd",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ]
         ),
         .executableTarget(
             name: "relayctl",
             dependencies: [
-                "RelayCore", "RelayProtocol",
-                .product(name: "NIOCore", package: "swift-nio"),
+                "RelaySupport", "RelayControl",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -99,10 +122,12 @@ let package = Package(
             name: "RelayProtocolTests",
             dependencies: ["RelayProtocol", .product(name: "NIOCore", package: "swift-nio")]
         ),
+        .testTarget(name: "RelayControlTests", dependencies: ["RelayControl"]),
         .testTarget(
             name: "RelayCoreTests",
             dependencies: [
-                "RelayCore", "RelayProtocol", "RelayProxy", "RelayAgent", "RelayDataPlane",
+                "RelaySupport", "RelayProtocol", "RelayControl", "RelayCore", "RelayMetrics",
+                "RelayProxy", "RelayAgent", "RelayDataPlane",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -112,7 +137,7 @@ let package = Package(
         .testTarget(
             name: "RelayIntegrationTests",
             dependencies: [
-                "RelayProtocol", "RelayCore",
+                "RelayProtocol", "RelayControl", "RelayCore",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),

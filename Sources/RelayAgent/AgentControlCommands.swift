@@ -2,8 +2,11 @@ import FoundationEssentials
 import Glibc
 import Logging
 import NIOCore
+import RelayControl
 import RelayCore
+import RelayMetrics
 import RelayProtocol
+import Synchronization
 
 /// The agent's answers on its control socket (relayctl): status, services, sessions, one
 /// session, kill, reload and metrics. See docs/protocol.md for the keys.

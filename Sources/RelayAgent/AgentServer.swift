@@ -2,8 +2,10 @@ import FoundationEssentials
 import Logging
 import NIOCore
 import NIOPosix
+import RelayControl
 import RelayCore
 import RelayProtocol
+import RelaySupport
 import ServiceLifecycle
 import Synchronization
 

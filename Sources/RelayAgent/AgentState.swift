@@ -1,6 +1,7 @@
 import FoundationEssentials
 import NIOCore
 import RelayCore
+import RelayMetrics
 import RelayProtocol
 import Synchronization
 

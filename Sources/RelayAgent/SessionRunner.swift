@@ -1,6 +1,7 @@
 import Logging
 import NIOCore
 import RelayCore
+import RelayMetrics
 import RelayProtocol
 
 /// Serves one `connect` request at the agent (S8–S20): dials the target, opens a data

@@ -1,5 +1,6 @@
 import FoundationEssentials
 import NIOCore
+import RelaySupport
 import Synchronization
 
 /// The portable pump: one task per direction over `NIOAsyncChannel` streams, so the two

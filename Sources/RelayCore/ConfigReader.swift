@@ -1,6 +1,7 @@
 import FoundationEssentials
 import Glibc
 import RelayProtocol
+import RelaySupport
 
 /// One problem in a config file, with the JSON path of the value at fault.
 public struct ConfigProblem: Sendable, Equatable, CustomStringConvertible {

@@ -1,3 +1,5 @@
+import RelayControl
+
 /// What a daemon reports about its life, for a supervisor: the executables connect these to
 /// sd_notify(3) (READY=1, RELOADING=1, STOPPING=1, STATUS=, WATCHDOG=1); tests observe them.
 public struct DaemonHooks: Sendable {

@@ -1,3 +1,5 @@
+import RelayControl
+
 /// The settings both daemons' configs share, so that a reload reports their changes the
 /// same way at the relay and at the agent.
 public protocol DaemonSettings {

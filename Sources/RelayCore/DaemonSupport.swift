@@ -1,5 +1,6 @@
 import Glibc
 import Logging
+import RelaySupport
 
 /// What both daemons' command lines share: log setup and `--check-config` output.
 public enum DaemonSupport {

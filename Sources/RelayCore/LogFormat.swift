@@ -1,6 +1,7 @@
 import FoundationEssentials
 import Glibc
 import Logging
+import RelaySupport
 
 /// A swift-log handler that writes one event a line to stderr:
 /// `2026-11-25T06:14:14.123Z info session=3f9a0c12be47 session open service=web client=…`.

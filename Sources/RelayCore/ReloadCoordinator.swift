@@ -1,4 +1,5 @@
 import Logging
+import RelayControl
 import UnixSignals
 
 /// The one reload path of a daemon: SIGHUP, `systemctl reload` (which sends SIGHUP) and

@@ -1,5 +1,6 @@
 import FoundationEssentials
 import Logging
+import RelaySupport
 
 extension Logger {
     /// The line every session ends with, at both daemons: bytes each way, how long it

@@ -1,5 +1,6 @@
 import Crypto
 import FoundationEssentials
+import RelaySupport
 
 /// The challenge/response that proves an agent knows its secret without sending it (S1–S2).
 ///

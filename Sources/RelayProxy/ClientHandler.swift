@@ -1,5 +1,6 @@
 import Logging
 import RelayCore
+import RelayMetrics
 import RelayProtocol
 
 /// Serves one client of a service (S5–S20 at the relay): asks the agent for a data

@@ -2,6 +2,7 @@ import FoundationEssentials
 import NIOCore
 import NIOPosix
 import RelayCore
+import RelayMetrics
 import RelayProtocol
 import Synchronization
 

@@ -1,3 +1,4 @@
+import RelayControl
 import RelayCore
 
 extension DaemonHooks {

@@ -3,8 +3,11 @@ import FoundationEssentials
 import Logging
 import RelayAgent
 import RelayCore
+import RelayMetrics
+import RelaySupport
 import RelaySystemd
 import ServiceLifecycle
+import UnixSignals
 
 /// relay-agent: the inside end of a reverse tunnel. See relay-agent(8).
 @main

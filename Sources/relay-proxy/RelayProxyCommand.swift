@@ -2,9 +2,12 @@ import ArgumentParser
 import FoundationEssentials
 import Logging
 import RelayCore
+import RelayMetrics
 import RelayProxy
+import RelaySupport
 import RelaySystemd
 import ServiceLifecycle
+import UnixSignals
 
 /// relay-proxy: the public relay of a reverse tunnel. See relay-proxy(8).
 @main

@@ -1,6 +1,7 @@
 import FoundationEssentials
 import Glibc
-import RelayCore
+import RelayControl
+import RelaySupport
 
 /// A blocking client of a daemon's control socket: one request, one response line.
 struct ControlClient {

@@ -1,5 +1,5 @@
 import FoundationEssentials
-import RelayCore
+import RelayControl
 
 /// relayctl's default output: what a person reads, in aligned columns.
 enum HumanReport {

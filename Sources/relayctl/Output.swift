@@ -1,7 +1,7 @@
 import FoundationEssentials
 import Glibc
-import RelayCore
-import RelayProtocol
+import RelayControl
+import RelaySupport
 
 /// Where relayctl's results go: text or one JSON document on stdout, failures on stderr.
 struct Output {

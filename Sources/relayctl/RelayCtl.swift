@@ -1,6 +1,7 @@
 import ArgumentParser
 import FoundationEssentials
-import RelayCore
+import RelayControl
+import RelaySupport
 
 /// relayctl: inspect and control relay-proxy and relay-agent. See relayctl(1).
 @main

@@ -1,5 +1,6 @@
 import Foundation
 import NIOCore
+import RelayControl
 import Testing
 
 @testable import RelayCore

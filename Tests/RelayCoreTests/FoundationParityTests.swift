@@ -1,6 +1,7 @@
 import Foundation
-import RelayCore
+import RelayControl
 import RelayProtocol
+import RelaySupport
 import Testing
 
 /// The sources use FoundationEssentials only (no ICU in the static binaries); these check

@@ -323,7 +323,7 @@ struct ManPageTests {
 
     /// Every stored property of the reports relayctl prints as JSON.
     static func reportKeys() throws -> [String] {
-        let files = ["Sources/RelayCore/Control/ControlReports.swift", "Sources/RelayCore/ReloadOutcome.swift"]
+        let files = ["Sources/RelayControl/ControlReports.swift", "Sources/RelayControl/ReloadOutcome.swift"]
         var keys: [String] = []
         for file in files {
             let text = try String(contentsOf: Self.repository.appendingPathComponent(file), encoding: .utf8)

@@ -1,6 +1,6 @@
 import Foundation
 import NIOCore
-import RelayCore
+import RelayControl
 import Synchronization
 import Testing
 

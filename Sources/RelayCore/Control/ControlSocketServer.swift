@@ -2,6 +2,7 @@ import FoundationEssentials
 import Logging
 import NIOCore
 import NIOPosix
+import RelayControl
 import RelayProtocol
 import ServiceLifecycle
 import Synchronization
@@ -140,7 +141,7 @@ public final class ControlSocketServer: Service, Sendable {
                         answer = await self.handler(request).encoded(id: request.id)
                     case .failure(let failure):
                         self.logger.debug("bad control request: \(failure.message)")
-                        answer = ControlReply(value: nil, error: failure).encoded(id: Self.requestID(line))
+                        answer = ControlReply.failure(failure.code, failure.message).encoded(id: Self.requestID(line))
                     }
                     try await outbound.write(ByteBuffer(bytes: answer))
                 }

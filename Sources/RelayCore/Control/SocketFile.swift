@@ -1,9 +1,11 @@
 import FoundationEssentials
 import Glibc
+import RelayControl
+import RelaySupport
 
 /// Preparing the path of a Unix socket a daemon is about to bind: its directory must exist,
 /// a live daemon there must not be disturbed, and a stale socket file is replaced.
-public enum SocketFile {
+extension SocketFile {
     /// What is at a socket path now.
     public enum Occupant: Sendable, Equatable {
         /// Nothing: the path is free.
@@ -81,19 +83,5 @@ public enum SocketFile {
     private static func reason(_ error: any Error) -> String {
         guard let posix = (error as? CocoaError)?.underlying as? POSIXError else { return "\(error)" }
         return String(cString: strerror(posix.code.rawValue)).lowercased()
-    }
-
-    /// The `sockaddr_un` for `path`, or `nil` if the path is too long.
-    public static func address(_ path: String) -> sockaddr_un? {
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        let capacity = MemoryLayout.size(ofValue: address.sun_path)
-        guard !bytes.isEmpty, bytes.count < capacity else { return nil }
-        withUnsafeMutableBytes(of: &address.sun_path) { raw in
-            raw.copyBytes(from: bytes)
-            raw[bytes.count] = 0
-        }
-        return address
     }
 }

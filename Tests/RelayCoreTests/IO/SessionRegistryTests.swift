@@ -1,4 +1,5 @@
 import NIOCore
+import RelayMetrics
 import RelayProtocol
 import Testing
 

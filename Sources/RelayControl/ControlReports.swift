@@ -1,4 +1,5 @@
 import FoundationEssentials
+import RelaySupport
 
 /// What `status` answers. Keys common to both daemons, then those of one role (absent for
 /// the other). The keys are a stable, documented interface (docs/protocol.md).
@@ -194,16 +195,6 @@ public struct SessionReport: Sendable, Codable, Equatable {
         self.state = state
         self.bytesIn = bytesIn
         self.bytesOut = bytesOut
-    }
-
-    /// The state of a session whose pump runs, from its meter's finished flags.
-    public static func state(of meter: TrafficMeter) -> String {
-        switch (meter.forwardFinished, meter.backwardFinished) {
-        case (false, false): "open"
-        case (true, false): "half-closed-in"
-        case (false, true): "half-closed-out"
-        case (true, true): "closing"
-        }
     }
 }
 

@@ -1,4 +1,6 @@
 import Metrics
+import RelayControl
+import RelayCore
 import Synchronization
 
 /// One service's counters at a daemon: what `relayctl services` reports, kept in step with

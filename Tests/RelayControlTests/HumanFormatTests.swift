@@ -1,4 +1,4 @@
-import RelayCore
+import RelayControl
 import Testing
 
 /// relayctl's units and columns.

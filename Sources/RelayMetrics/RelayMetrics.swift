@@ -1,4 +1,3 @@
-import CoreMetrics
 import Metrics
 import Prometheus
 

@@ -2,6 +2,7 @@ import Logging
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import RelayCore
 import ServiceLifecycle
 
 /// Serves the Prometheus text at `GET /metrics` over plain HTTP/1.1 for a scraper (the

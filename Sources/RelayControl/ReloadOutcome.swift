@@ -1,3 +1,5 @@
+import RelaySupport
+
 /// What a reload did: the changes applied, or the problems that made it keep the old config.
 ///
 /// SIGHUP, `systemctl reload` and `relayctl reload` all produce one of these.
