@@ -40,8 +40,8 @@ public final class SplicePlane: Sendable {
         /// A direction holds at most this much beyond the two sockets' own buffers.
         public static let defaultPipeSize = 256 << 10
         /// Idle pipes the plane keeps by default, over all its loops: 64, 16 MiB of 256 KiB
-        /// pipes, a quarter of the default per-user pipe limit (64 MiB), whatever the number
-        /// of loops.
+        /// pipes, a quarter of the default per-user pipe limit (64 MiB), however many loops
+        /// share them (up to 32; past that each loop keeps 2).
         public static let defaultPooledPipes = 64
 
         /// The default bound of each loop's pool: ``defaultPooledPipes`` shared out among
