@@ -10,6 +10,12 @@ import Glibc
 /// sender. The two readiness flags say what the loop has to wait for: EPOLLIN on the source
 /// when the pipe is empty and the source would block, EPOLLOUT on the destination when bytes
 /// are waiting and the destination would block. They start true (try first, wait after).
+///
+/// The pipe is borrowed from the loop's ``PipePool`` only while bytes are in flight: taken
+/// when the source is to be read and the direction has none, given back empty as soon as
+/// the source would block (or has ended) with the pipe empty. A direction that keeps moving
+/// bytes keeps its pipe; an idle one holds none. When no pipe can be had (`pipe2` failed),
+/// the direction waits for one (``waitsForPipe``) and its loop retries it later.
 struct SpliceDirection {
     /// The most bytes one direction moves in one turn before the loop serves its other
     /// sessions (then comes back without waiting for epoll): one busy session must not
@@ -38,9 +44,13 @@ struct SpliceDirection {
     let destination: Descriptor
     /// First → second.
     let forward: Bool
-    private(set) var pipe: Pipe
+    /// The borrowed pipe, while bytes are in flight (or about to be read); nil while idle.
+    private(set) var pipe: Pipe?
     /// Bytes in the pipe (spliced in, not yet out).
     private(set) var inPipe = 0
+    /// The source is to be read but no pipe could be had: the loop must come back (when a
+    /// pipe is given back to the pool, or the pool's retry pause is over).
+    private(set) var waitsForPipe = false
     /// Bytes read from the source before the session started, written out before anything else.
     private var pending: [UInt8]
     private var pendingSent = 0
@@ -53,11 +63,10 @@ struct SpliceDirection {
     /// The end of stream was passed on: the destination's write side is shut down.
     private(set) var finished = false
 
-    init(source: Descriptor, destination: Descriptor, forward: Bool, pipe: Pipe, pending: [UInt8]) {
+    init(source: Descriptor, destination: Descriptor, forward: Bool, pending: [UInt8]) {
         self.source = source
         self.destination = destination
         self.forward = forward
-        self.pipe = pipe
         self.pending = pending
     }
 
@@ -73,8 +82,10 @@ struct SpliceDirection {
     }
 
     /// Moves every byte it can without blocking (at most about ``turnBytes``), and passes
-    /// the end of stream on once the pipe is empty. Returns what the turn did, or the failure.
-    mutating func run(meter: any SpliceMeter) -> Result<Turn, Failure> {
+    /// the end of stream on once the pipe is empty; borrows a pipe from `pool` to read the
+    /// source and gives it back once the source would block (or has ended) with the pipe
+    /// empty. Returns what the turn did, or the failure.
+    mutating func run(meter: any SpliceMeter, pool: PipePool) -> Result<Turn, Failure> {
         var turn = Turn.idle
         var movedBytes = 0
         while true {
@@ -104,9 +115,9 @@ struct SpliceDirection {
                 self.pendingSent = 0
             }
             // Empty the pipe into the destination.
-            if self.inPipe > 0 && self.destinationWritable {
+            if self.inPipe > 0 && self.destinationWritable, let pipe = self.pipe {
                 let spliced = cdataplane_splice(
-                    self.pipe.read.rawValue, self.destination.rawValue, self.inPipe, cdataplane_splice_flags)
+                    pipe.read.rawValue, self.destination.rawValue, self.inPipe, cdataplane_splice_flags)
                 if spliced > 0 {
                     self.inPipe -= spliced
                     movedBytes += spliced
@@ -122,17 +133,20 @@ struct SpliceDirection {
             }
             // Refill it from the source, only once it is empty: then EAGAIN can only mean
             // the source has nothing (with bytes in the pipe it may mean a full pipe).
-            if self.inPipe == 0 && !self.sourceEnded && self.sourceReadable {
+            if self.inPipe == 0 && !self.sourceEnded && self.sourceReadable, let pipe = self.borrow(from: pool) {
                 let spliced = cdataplane_splice(
-                    self.source.rawValue, self.pipe.write.rawValue, self.pipe.capacity, cdataplane_splice_flags)
+                    self.source.rawValue, pipe.write.rawValue, pipe.capacity, cdataplane_splice_flags)
                 if spliced > 0 {
                     self.inPipe = spliced
                     moved = true
                 } else if spliced == 0 {
                     self.sourceEnded = true
+                    self.returnPipe(to: pool)
                     moved = true
                 } else if errno == EAGAIN {
+                    // Empty, and the source has nothing: no bytes in flight, no pipe held.
                     self.sourceReadable = false
+                    self.returnPipe(to: pool)
                 } else if errno == EINTR {
                     moved = true
                 } else {
@@ -157,5 +171,35 @@ struct SpliceDirection {
             if turn == .idle { turn = .moved }
         }
         return .success(turn)
+    }
+
+    /// The pipe held, or one taken from `pool`; nil (and ``waitsForPipe``) when none can be had.
+    private mutating func borrow(from pool: PipePool) -> Pipe? {
+        if let pipe = self.pipe { return pipe }
+        do {
+            let pipe = try pool.take()
+            self.pipe = pipe
+            self.waitsForPipe = false
+            return pipe
+        } catch {
+            self.waitsForPipe = true
+            return nil
+        }
+    }
+
+    /// Gives the empty pipe back to `pool`.
+    private mutating func returnPipe(to pool: PipePool) {
+        guard let pipe = self.pipe else { return }
+        pool.give(pipe, empty: true)
+        self.pipe = nil
+    }
+
+    /// Gives the pipe back when the session ends: pooled if empty, closed if it still holds
+    /// bytes (a session reset mid-transfer).
+    mutating func release(to pool: PipePool) {
+        guard let pipe = self.pipe else { return }
+        pool.give(pipe, empty: self.inPipe == 0)
+        self.pipe = nil
+        self.inPipe = 0
     }
 }

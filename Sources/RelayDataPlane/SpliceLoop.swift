@@ -6,8 +6,9 @@ import Synchronization
 ///
 /// Other threads reach it only through ``post(_:)``: a command queued under a lock, and an
 /// eventfd that wakes the loop when the queue was empty. Everything else (the sessions,
-/// the pipe pool, the half-close timers) belongs to the loop's thread, which is why the
-/// class is `@unchecked Sendable`: it is shared for `post` and the statistics only.
+/// the pipe pool, the half-close timers, the sessions waiting for a pipe) belongs to the
+/// loop's thread, which is why the class is `@unchecked Sendable`: it is shared for `post`
+/// and the statistics only.
 final class SpliceLoop: @unchecked Sendable {
     /// What other threads ask of a loop.
     enum Command: Sendable {
@@ -30,10 +31,12 @@ final class SpliceLoop: @unchecked Sendable {
     let index: Int
     /// Sessions running now.
     let liveSessions = Atomic<Int>(0)
-    /// Pipes open (in use and idle in the pool).
+    /// Pipes open (lent to directions and idle in the pool).
     let openPipes = Atomic<Int>(0)
     /// Idle pipes in the pool.
     let idlePipes = Atomic<Int>(0)
+    /// Sessions with a direction waiting for a pipe (`pipe2` failed).
+    let waitingForPipe = Atomic<Int>(0)
 
     /// The most events taken from one `epoll_wait`.
     private static let eventBatch = 256
@@ -52,7 +55,10 @@ final class SpliceLoop: @unchecked Sendable {
 
     // The loop thread's own state.
     private var pairs: [UInt64: SplicePair] = [:]
-    private var pool: PipePool
+    private let pool: PipePool
+    /// Sessions with a direction that could get no pipe: serviced again once a pipe is back
+    /// in the pool or the pool's retry pause is over.
+    private var waiting: [UInt64: SplicePair] = [:]
     private var halfClosed: Set<UInt64> = []
     /// When a half-closed session next needs a look (monotonic nanoseconds; .max: none).
     private var nextTimerCheck = UInt64.max
@@ -116,6 +122,7 @@ final class SpliceLoop: @unchecked Sendable {
         defer { events.deallocate() }
         var running = true
         while running {
+            if !self.waiting.isEmpty { self.retryWaiting() }
             let timeout = self.again.isEmpty ? self.waitMilliseconds() : 0
             let count = epoll_wait(self.epoll.rawValue, events, Int32(Self.eventBatch), timeout)
             if count < 0 {
@@ -149,6 +156,7 @@ final class SpliceLoop: @unchecked Sendable {
             self.due.removeAll(keepingCapacity: true)
             if woken { running = self.takeCommands() }
             if self.nextTimerCheck != .max { self.checkHalfClosed() }
+            self.updateStatistics()
         }
         for pair in Array(self.pairs.values) { self.end(pair, .aborted(reason: "data plane stopped"), reset: true) }
         self.pool.closeIdle()
@@ -178,33 +186,24 @@ final class SpliceLoop: @unchecked Sendable {
         return true
     }
 
-    /// Starts a session: from here on every path closes its sockets.
+    /// Starts a session: from here on every path closes its sockets. It holds no pipe yet:
+    /// its directions borrow one when they have bytes to move.
     private func begin(_ start: Start) {
-        let pipes: (Pipe, Pipe)
         do {
             try start.first.setNonBlocking()
             try start.second.setNonBlocking()
-            let forward = try self.pool.take()
-            do {
-                pipes = (forward, try self.pool.take())
-            } catch {
-                self.pool.give(forward, empty: true)
-                throw error
-            }
         } catch {
-            self.updateStatistics()
             start.first.reset()
             start.second.reset()
             start.session.resolve(.aborted(reason: "cannot start: \(error)"))
             return
         }
         let pair = SplicePair(
-            id: start.session.id, first: start.first, second: start.second, pipes: pipes,
+            id: start.session.id, first: start.first, second: start.second,
             pending: (start.pendingForward, start.pendingBackward), meter: start.session.meter,
             session: start.session, limits: start.limits)
         self.pairs[pair.id] = pair
         self.liveSessions.add(1, ordering: .relaxed)
-        self.updateStatistics()
         // Try first, watch after: EPOLL_CTL_ADD reports a socket that is already ready, so
         // nothing that happens in between is missed, and the usual first attempt (nothing to
         // read yet) tells the level-triggered mode what to wait for.
@@ -224,10 +223,10 @@ final class SpliceLoop: @unchecked Sendable {
     // MARK: - Sessions
 
     /// Moves what the pair can move, then ends it, or arms its half-close timer, or (level
-    /// mode) changes what epoll watches for.
+    /// mode) changes what epoll watches for, or keeps it to retry when it got no pipe.
     private func service(_ pair: SplicePair) {
         guard !pair.ended else { return }
-        switch pair.run() {
+        switch pair.run(pool: self.pool) {
         case .failure(let failure):
             self.end(pair, .failed(failure.side, reason: SystemError.describe(failure.code)), reset: true)
         case .success(let turn):
@@ -236,6 +235,11 @@ final class SpliceLoop: @unchecked Sendable {
                 return
             }
             if turn == .unfinished { self.again.append(pair) }
+            if pair.waitsForPipe {
+                self.waiting[pair.id] = pair
+            } else if !self.waiting.isEmpty {
+                self.waiting.removeValue(forKey: pair.id)
+            }
             if turn != .idle && pair.isHalfClosed, let timeout = pair.halfCloseNanoseconds {
                 let now = MonotonicClock.now()
                 pair.lastActivity = now
@@ -274,12 +278,14 @@ final class SpliceLoop: @unchecked Sendable {
         return true
     }
 
-    /// Ends a session: unwatches and closes both sockets (reset: abortively), returns its
-    /// pipes to the pool (a pipe still holding bytes is closed), and reports the outcome.
+    /// Ends a session: unwatches and closes both sockets (reset: abortively), returns the
+    /// pipes it holds to the pool (a pipe still holding bytes is closed), and reports the
+    /// outcome.
     private func end(_ pair: SplicePair, _ outcome: SpliceOutcome, reset: Bool) {
         guard self.pairs.removeValue(forKey: pair.id) != nil else { return }
         pair.ended = true
         self.halfClosed.remove(pair.id)
+        self.waiting.removeValue(forKey: pair.id)
         for socket in [pair.first, pair.second] {
             if pair.watched {
                 var unused = epoll_event()
@@ -287,22 +293,34 @@ final class SpliceLoop: @unchecked Sendable {
             }
             if reset { socket.reset() } else { socket.close() }
         }
-        self.pool.give(pair.forward.pipe, empty: pair.forward.inPipe == 0)
-        self.pool.give(pair.backward.pipe, empty: pair.backward.inPipe == 0)
+        pair.releasePipes(to: self.pool)
         self.liveSessions.subtract(1, ordering: .relaxed)
         self.updateStatistics()
         pair.session.resolve(outcome)
     }
 
-    // MARK: - Half-close timers
+    // MARK: - Sessions waiting for a pipe
 
-    /// How long `epoll_wait` may sleep: until the next half-close deadline, rounded up to
-    /// the millisecond so the check is never early; -1 (forever) when none.
+    /// Services again, in the next round, the sessions that got no pipe, once the pool can
+    /// lend one: a pipe was given back, or the pause after a failed `pipe2` is over. Those
+    /// that still get none wait again (without another `pipe2` until the next pause is over).
+    private func retryWaiting() {
+        guard self.pool.mayLend(now: MonotonicClock.now()) else { return }
+        for pair in self.waiting.values { self.again.append(pair) }
+        self.waiting.removeAll(keepingCapacity: true)
+    }
+
+    // MARK: - Timers
+
+    /// How long `epoll_wait` may sleep: until the next half-close deadline or, with sessions
+    /// waiting for a pipe, the end of the pool's retry pause, rounded up to the millisecond
+    /// so the check is never early; -1 (forever) when none.
     private func waitMilliseconds() -> Int32 {
-        guard self.nextTimerCheck != .max else { return -1 }
+        let deadline = self.waiting.isEmpty ? self.nextTimerCheck : min(self.nextTimerCheck, self.pool.retryAt)
+        guard deadline != .max else { return -1 }
         let now = MonotonicClock.now()
-        guard self.nextTimerCheck > now else { return 0 }
-        return Int32(clamping: (self.nextTimerCheck - now + 999_999) / 1_000_000)
+        guard deadline > now else { return 0 }
+        return Int32(clamping: (deadline - now + 999_999) / 1_000_000)
     }
 
     /// Cuts every half-closed session idle for its limit, and finds the next deadline.
@@ -330,6 +348,7 @@ final class SpliceLoop: @unchecked Sendable {
     private func updateStatistics() {
         self.openPipes.store(self.pool.open, ordering: .relaxed)
         self.idlePipes.store(self.pool.idleCount, ordering: .relaxed)
+        self.waitingForPipe.store(self.waiting.count, ordering: .relaxed)
     }
 }
 

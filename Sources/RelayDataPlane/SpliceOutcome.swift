@@ -25,8 +25,9 @@ public enum SpliceOutcome: Sendable, Equatable, CustomStringConvertible {
     /// Both sockets were reset.
     case halfCloseTimeout(idle: SpliceSide, after: Duration)
     /// Ended here, by neither peer: ``SpliceSession/kill(reason:)``, the plane shutting
-    /// down, or a session that could not start (no pipe: too many open files). Both
-    /// sockets were reset.
+    /// down, or a session that could not start (its sockets could not be made
+    /// nonblocking). Both sockets were reset. (A session that gets no pipe is not ended:
+    /// its direction waits for one.)
     case aborted(reason: String)
 
     /// The socket the failure is blamed on, if one is.

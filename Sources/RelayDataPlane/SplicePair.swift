@@ -36,16 +36,14 @@ final class SplicePair {
     var ended = false
 
     init(
-        id: UInt64, first: Descriptor, second: Descriptor, pipes: (Pipe, Pipe), pending: ([UInt8], [UInt8]),
-        meter: any SpliceMeter, session: SpliceSession, limits: SpliceLimits
+        id: UInt64, first: Descriptor, second: Descriptor, pending: ([UInt8], [UInt8]), meter: any SpliceMeter,
+        session: SpliceSession, limits: SpliceLimits
     ) {
         self.id = id
         self.first = first
         self.second = second
-        self.forward = SpliceDirection(
-            source: first, destination: second, forward: true, pipe: pipes.0, pending: pending.0)
-        self.backward = SpliceDirection(
-            source: second, destination: first, forward: false, pipe: pipes.1, pending: pending.1)
+        self.forward = SpliceDirection(source: first, destination: second, forward: true, pending: pending.0)
+        self.backward = SpliceDirection(source: second, destination: first, forward: false, pending: pending.1)
         self.meter = meter
         self.session = session
         self.limits = limits
@@ -60,6 +58,16 @@ final class SplicePair {
 
     /// Exactly one direction has ended.
     var isHalfClosed: Bool { self.forward.finished != self.backward.finished }
+
+    /// A direction has its source to read but could get no pipe: its loop must retry it.
+    var waitsForPipe: Bool { self.forward.waitsForPipe || self.backward.waitsForPipe }
+
+    /// Gives both directions' pipes back at the end of the session: a pipe still holding
+    /// bytes is closed.
+    func releasePipes(to pool: PipePool) {
+        self.forward.release(to: pool)
+        self.backward.release(to: pool)
+    }
 
     /// The events registered for `side`'s socket.
     func watching(_ side: SpliceSide) -> UInt32 {
@@ -89,9 +97,10 @@ final class SplicePair {
         }
     }
 
-    /// Moves what both directions can move now. Returns what the turn did (unfinished if
-    /// either direction is), or the side whose socket failed and its errno.
-    func run() -> Result<SpliceDirection.Turn, PairFailure> {
+    /// Moves what both directions can move now, borrowing pipes from `pool` and giving them
+    /// back. Returns what the turn did (unfinished if either direction is), or the side whose
+    /// socket failed and its errno.
+    func run(pool: PipePool) -> Result<SpliceDirection.Turn, PairFailure> {
         // A pending socket error (a reset) fails the session at once, even when no direction
         // has anything to read or write on that socket any more.
         if self.errorOnFirst {
@@ -105,12 +114,12 @@ final class SplicePair {
             if code != 0 { return .failure(PairFailure(side: .second, code: code)) }
         }
         let forward: SpliceDirection.Turn
-        switch self.forward.run(meter: self.meter) {
+        switch self.forward.run(meter: self.meter, pool: pool) {
         case .success(let turn): forward = turn
         case .failure(.source(let code)): return .failure(PairFailure(side: .first, code: code))
         case .failure(.destination(let code)): return .failure(PairFailure(side: .second, code: code))
         }
-        switch self.backward.run(meter: self.meter) {
+        switch self.backward.run(meter: self.meter, pool: pool) {
         case .success(let backward):
             if forward == .unfinished || backward == .unfinished { return .success(.unfinished) }
             return .success(forward == .moved || backward == .moved ? .moved : .idle)

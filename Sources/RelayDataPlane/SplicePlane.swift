@@ -16,6 +16,9 @@ import Synchronization
 /// pipe; a slow reader stalls its sender through TCP), a FIN passed on as a write shutdown
 /// only after every byte before it, a reset or error on either side resetting both at once,
 /// the half-close limit, counters kept current, and an outcome that says how it ended.
+///
+/// A direction borrows its pipe from its loop's pool only while it has bytes in flight, so
+/// an idle session holds no pipe: what limits idle sessions is the sockets themselves.
 public final class SplicePlane: Sendable {
     /// How the loops learn that a socket is ready.
     public enum Trigger: Sendable, Equatable {
@@ -36,8 +39,16 @@ public final class SplicePlane: Sendable {
         /// Each pipe's size, asked with F_SETPIPE_SZ: 256 KiB, as systemd-socket-proxyd.
         /// A direction holds at most this much beyond the two sockets' own buffers.
         public static let defaultPipeSize = 256 << 10
-        /// Idle pipes each loop keeps for the next sessions (two per session).
+        /// Idle pipes the plane keeps by default, over all its loops: 64, 16 MiB of 256 KiB
+        /// pipes, a quarter of the default per-user pipe limit (64 MiB), however many loops
+        /// share them (up to 32; past that each loop keeps 2).
         public static let defaultPooledPipes = 64
+
+        /// The default bound of each loop's pool: ``defaultPooledPipes`` shared out among
+        /// `loops`, at least 2.
+        public static func defaultPooledPipesPerLoop(loops: Int) -> Int {
+            max(2, Self.defaultPooledPipes / max(1, loops))
+        }
 
         /// Loops (threads); sessions are given to them in turn.
         public var loops: Int
@@ -45,29 +56,39 @@ public final class SplicePlane: Sendable {
         public var trigger: Trigger
         /// The size each pipe is asked to have (the kernel rounds it up to a power of two pages).
         public var pipeSize: Int
-        /// The most idle pipes each loop keeps.
+        /// The most idle pipes each loop keeps: the empty pipes its directions gave back,
+        /// for the next to borrow; more are closed. Every pipe open counts against the
+        /// per-user pipe limit at its full size, pooled ones too.
         public var pooledPipesPerLoop: Int
 
-        /// One loop per CPU this process may run on, level-triggered, 256 KiB pipes.
+        /// One loop per CPU this process may run on, level-triggered, 256 KiB pipes, and
+        /// 64 idle pipes kept over all loops (``defaultPooledPipesPerLoop(loops:)``).
         public init(
             loops: Int = SplicePlane.activeCPUCount, trigger: Trigger = .level, pipeSize: Int = Self.defaultPipeSize,
-            pooledPipesPerLoop: Int = Self.defaultPooledPipes
+            pooledPipesPerLoop: Int? = nil
         ) {
             self.loops = max(1, loops)
             self.trigger = trigger
             self.pipeSize = pipeSize
-            self.pooledPipesPerLoop = pooledPipesPerLoop
+            self.pooledPipesPerLoop = max(0, pooledPipesPerLoop ?? Self.defaultPooledPipesPerLoop(loops: self.loops))
         }
     }
 
-    /// What the loops hold now.
+    /// What the loops hold now. Each loop publishes its figures after each round of work
+    /// and whenever a session ends, so a figure read while bytes move may be a round old.
     public struct Statistics: Sendable, Equatable {
         /// Running sessions, per loop.
         public var sessions: [Int]
-        /// Pipes open, in use or idle, over all loops.
+        /// Pipes open, lent to directions with bytes in flight or idle in the pools, over all loops.
         public var openPipes: Int
         /// Idle pipes in the pools.
         public var idlePipes: Int
+        /// Sessions with a direction that has bytes to read but got no pipe (`pipe2` failed:
+        /// too many open files, …) and waits for one.
+        public var waitingForPipe: Int
+
+        /// Pipes lent to directions now: those with bytes in flight.
+        public var pipesInUse: Int { self.openPipes - self.idlePipes }
     }
 
     /// The CPUs this process may run on (its affinity mask), at least 1.
@@ -170,7 +191,8 @@ public final class SplicePlane: Sendable {
         Statistics(
             sessions: self.loops.map { $0.liveSessions.load(ordering: .relaxed) },
             openPipes: self.loops.reduce(0) { $0 + $1.openPipes.load(ordering: .relaxed) },
-            idlePipes: self.loops.reduce(0) { $0 + $1.idlePipes.load(ordering: .relaxed) })
+            idlePipes: self.loops.reduce(0) { $0 + $1.idlePipes.load(ordering: .relaxed) },
+            waitingForPipe: self.loops.reduce(0) { $0 + $1.waitingForPipe.load(ordering: .relaxed) })
     }
 
     /// Resets every running session (``SpliceOutcome/aborted(reason:)``, "data plane

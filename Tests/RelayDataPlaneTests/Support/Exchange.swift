@@ -2,7 +2,8 @@ import Glibc
 import RelayDataPlane
 
 /// Bulk traffic on many sockets at once from a few threads, with poll(2): each end sends
-/// its pattern then half-closes, and reads until end of stream, checking every byte. What
+/// its pattern then half-closes, and reads until end of stream, checking every byte (or
+/// sends without half-closing and reads a given count, leaving the connection open). What
 /// 200 sessions need without 800 blocked threads.
 enum Exchange {
     /// One socket's part: what it sends, and what it expects to read.
@@ -11,6 +12,15 @@ enum Exchange {
         let sends: TestPattern
         let sendCount: Int
         let expects: TestPattern
+        /// Where in `sends` the bytes to send start, and where in `expects` the first byte
+        /// read is: a later round of the same streams.
+        var sendFrom = 0
+        var expectFrom = 0
+        /// Half-closes once everything is sent; else leaves the socket open.
+        var halfCloses = true
+        /// Stops reading after this many bytes (``Received/End/stoppedAtCount``) instead of
+        /// at the end of stream.
+        var readCount: Int?
     }
 
     /// Runs every end to completion (or until `seconds` pass) on `threads` threads, and
@@ -37,7 +47,11 @@ enum Exchange {
         let deadline = Deadline(seconds: seconds)
         var sent = [Int](repeating: 0, count: ends.count)
         var finished = [Bool](repeating: false, count: ends.count)
-        var received = ends.map { _ in Received(offset: 0) }
+        var received = ends.map { end in
+            var received = Received(offset: end.expectFrom)
+            if end.readCount == 0 { received.end = .stoppedAtCount }
+            return received
+        }
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 256 << 10, alignment: 16)
         defer { buffer.deallocate() }
         for end in ends { _ = try? Descriptor(rawValue: end.fd).setNonBlocking() }
@@ -63,11 +77,13 @@ enum Exchange {
                 // Send while the socket takes bytes, then half-close.
                 while !finished[index] {
                     if sent[index] == end.sendCount {
-                        shutdown(end.fd, Int32(SHUT_WR))
+                        if end.halfCloses { shutdown(end.fd, Int32(SHUT_WR)) }
                         finished[index] = true
                         break
                     }
-                    let result = end.sends.withBytes(at: sent[index], count: end.sendCount - sent[index]) { bytes in
+                    let result = end.sends.withBytes(
+                        at: end.sendFrom + sent[index], count: end.sendCount - sent[index]
+                    ) { bytes in
                         send(end.fd, bytes.baseAddress, bytes.count, Int32(MSG_NOSIGNAL))
                     }
                     if result > 0 {
@@ -84,9 +100,11 @@ enum Exchange {
                 }
                 // Read what has come.
                 while received[index].end == nil {
-                    let result = recv(end.fd, buffer.baseAddress, buffer.count, 0)
+                    let wanted = end.readCount.map { min(buffer.count, $0 - received[index].count) } ?? buffer.count
+                    let result = recv(end.fd, buffer.baseAddress, wanted, 0)
                     if result > 0 {
                         received[index].take(UnsafeRawBufferPointer(rebasing: buffer[0..<result]), of: end.expects)
+                        if received[index].count == end.readCount { received[index].end = .stoppedAtCount }
                     } else if result == 0 {
                         received[index].end = .endOfStream
                     } else {

@@ -13,11 +13,15 @@ enum Loopback {
         var description: String { "\(self.call): \(SystemError.describe(self.code))" }
     }
 
-    /// A fresh connection: the dialled end, then the accepted one.
-    static func connection() throws -> (dialled: Int32, accepted: Int32) {
+    /// A fresh connection: the dialled end, then the accepted one. `smallBuffers`: the
+    /// dialled end's send buffer and the accepted end's receive buffer are cut to the
+    /// kernel's minimum (set before the connection, so the window is small from the start):
+    /// a writer on the dialled end blocks after a few KiB that the accepted end does not read.
+    static func connection(smallBuffers: Bool = false) throws -> (dialled: Int32, accepted: Int32) {
         let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard listener >= 0 else { throw Failure(call: "socket", code: errno) }
         defer { close(listener) }
+        if smallBuffers { Self.setBuffer(listener, SO_RCVBUF, 1) }
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
         address.sin_addr.s_addr = inet_addr("127.0.0.1")
@@ -31,6 +35,7 @@ enum Loopback {
         }
         let dialled = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard dialled >= 0 else { throw Failure(call: "socket", code: errno) }
+        if smallBuffers { Self.setBuffer(dialled, SO_SNDBUF, 1) }
         do {
             try withSocketAddress(&address) {
                 guard connect(dialled, $0, length) == 0 else { throw Failure(call: "connect", code: errno) }
@@ -44,6 +49,12 @@ enum Loopback {
             close(dialled)
             throw error
         }
+    }
+
+    /// Sets a socket's SO_RCVBUF or SO_SNDBUF (the kernel raises it to its minimum).
+    private static func setBuffer(_ fd: Int32, _ option: Int32, _ bytes: Int32) {
+        var bytes = bytes
+        _ = setsockopt(fd, SOL_SOCKET, option, &bytes, socklen_t(MemoryLayout<Int32>.size))
     }
 
     /// The local and remote ports of a connected socket.

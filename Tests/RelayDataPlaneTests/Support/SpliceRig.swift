@@ -16,13 +16,15 @@ struct SpliceRig: Sendable {
     /// The inodes of the first and second sockets, to find them in /proc/self/fd.
     let innerInodes: [UInt64]
 
-    /// Connects a rig and starts its session on `plane`.
+    /// Connects a rig and starts its session on `plane`. `smallTargetBuffers`: the second
+    /// socket's send buffer and the target's receive buffer are the kernel's minimum, so the
+    /// forward direction blocks after a few KiB that the target does not read.
     static func start(
         on plane: SplicePlane, meter: any SpliceMeter = SpliceCounters(), limits: SpliceLimits = SpliceLimits(),
-        pendingForward: [UInt8] = [], pendingBackward: [UInt8] = []
+        pendingForward: [UInt8] = [], pendingBackward: [UInt8] = [], smallTargetBuffers: Bool = false
     ) throws -> SpliceRig {
         let (client, first) = try Loopback.connection()
-        let (second, target) = try Loopback.connection()
+        let (second, target) = try Loopback.connection(smallBuffers: smallTargetBuffers)
         let ports = [client, first, second, target].map(Loopback.ports)
         let inodes = [first, second].map(Loopback.inode)
         let session = plane.start(
@@ -57,10 +59,11 @@ enum Side: String, Sendable, CaseIterable {
 
 /// Runs `body` with a plane of `loops` loops, shut down afterwards, and every rig it made closed.
 func withPlane<R: Sendable>(
-    loops: Int = 2, trigger: SplicePlane.Trigger = SplicePlane.Configuration().trigger,
+    loops: Int = 2, trigger: SplicePlane.Trigger = SplicePlane.Configuration().trigger, pooledPipesPerLoop: Int? = nil,
     _ body: (SplicePlane) async throws -> R
 ) async throws -> R {
-    let plane = try SplicePlane(SplicePlane.Configuration(loops: loops, trigger: trigger))
+    let plane = try SplicePlane(
+        SplicePlane.Configuration(loops: loops, trigger: trigger, pooledPipesPerLoop: pooledPipesPerLoop))
     do {
         let result = try await body(plane)
         plane.shutdown()
