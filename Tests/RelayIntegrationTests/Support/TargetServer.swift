@@ -160,6 +160,7 @@ private final class SourceHandler: ChannelInboundHandler {
     private let total: Int
     private let stats: TargetServer.Stats
     private var sent = 0
+    private var finished = false
     private var digest = Digest()
 
     init(total: Int, stats: TargetServer.Stats) {
@@ -185,7 +186,10 @@ private final class SourceHandler: ChannelInboundHandler {
             self.sent += count
             self.stats.bytesWritten.add(count, ordering: .relaxed)
             context.write(self.wrapOutboundOut(slice), promise: nil)
-            if self.sent == self.total {
+            // A write can re-enter `pump` (writability goes down, a flush drains the socket,
+            // it comes back up), and the inner call may finish the stream: finish once.
+            if self.sent == self.total && !self.finished {
+                self.finished = true
                 self.stats.sourceDigests.withLock { $0.append(self.digest.hex()) }
                 let channel = context.channel
                 context.writeAndFlush(self.wrapOutboundOut(ByteBuffer())).whenComplete { _ in
