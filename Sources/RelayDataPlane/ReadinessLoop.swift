@@ -73,38 +73,15 @@ public final class ReadinessLoop: TaskExecutor, Sendable {
 
     /// Starts the loop's thread.
     public init() throws(SystemError) {
-        let epoll = epoll_create1(Int32(EPOLL_CLOEXEC))
-        guard epoll >= 0 else { throw SystemError(call: "epoll_create1") }
-        let wakeup = eventfd(0, Int32(EFD_CLOEXEC | EFD_NONBLOCK))
-        guard wakeup >= 0 else {
-            let error = SystemError(call: "eventfd")
-            _ = close(epoll)
+        let loop = try EpollWakeup(token: Self.wakeupToken)
+        self.epoll = loop.epoll.rawValue
+        self.wakeup = loop.wakeup.rawValue
+        let thread: pthread_t
+        do {
+            thread = try startThread(running: self) { $0.run() }
+        } catch {
+            loop.close()
             throw error
-        }
-        self.epoll = epoll
-        self.wakeup = wakeup
-        var event = epoll_event()
-        event.events = EPOLLIN.rawValue
-        event.data.u64 = Self.wakeupToken
-        guard epoll_ctl(epoll, EPOLL_CTL_ADD, wakeup, &event) == 0 else {
-            let error = SystemError(call: "epoll_ctl(eventfd)")
-            _ = close(epoll)
-            _ = close(wakeup)
-            throw error
-        }
-        var thread = pthread_t()
-        let context = Unmanaged.passRetained(self).toOpaque()
-        let result = pthread_create(
-            &thread, nil,
-            { context in
-                Unmanaged<ReadinessLoop>.fromOpaque(context!).takeRetainedValue().run()
-                return nil
-            }, context)
-        guard result == 0 else {
-            Unmanaged<ReadinessLoop>.fromOpaque(context).release()
-            _ = close(epoll)
-            _ = close(wakeup)
-            throw SystemError(call: "pthread_create", code: result)
         }
         self.thread.withLock { $0 = thread }
     }

@@ -72,25 +72,9 @@ final class SpliceLoop: @unchecked Sendable {
         self.index = index
         self.trigger = trigger
         self.pool = PipePool(pipeSize: pipeSize, limit: pooledPipes)
-        let epoll = epoll_create1(Int32(EPOLL_CLOEXEC))
-        guard epoll >= 0 else { throw SystemError(call: "epoll_create1") }
-        let wakeup = eventfd(0, Int32(EFD_CLOEXEC | EFD_NONBLOCK))
-        guard wakeup >= 0 else {
-            let error = SystemError(call: "eventfd")
-            _ = close(epoll)
-            throw error
-        }
-        self.epoll = Descriptor(rawValue: epoll)
-        self.wakeup = Descriptor(rawValue: wakeup)
-        var event = epoll_event()
-        event.events = EPOLLIN.rawValue
-        event.data.u64 = Self.wakeupToken
-        guard epoll_ctl(epoll, EPOLL_CTL_ADD, wakeup, &event) == 0 else {
-            let error = SystemError(call: "epoll_ctl(eventfd)")
-            _ = close(epoll)
-            _ = close(wakeup)
-            throw error
-        }
+        let loop = try EpollWakeup(token: Self.wakeupToken)
+        self.epoll = loop.epoll
+        self.wakeup = loop.wakeup
     }
 
     /// Closes the loop's own descriptors when its thread was never started.

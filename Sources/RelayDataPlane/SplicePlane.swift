@@ -121,17 +121,10 @@ public final class SplicePlane: Sendable {
         self.loops = loops
         var threads: [pthread_t] = []
         for loop in loops {
-            var thread = pthread_t()
-            let context = Unmanaged.passRetained(loop).toOpaque()
-            let result = pthread_create(
-                &thread, nil,
-                { context in
-                    Unmanaged<SpliceLoop>.fromOpaque(context!).takeRetainedValue().run()
-                    return nil
-                }, context)
-            guard result == 0 else {
-                Unmanaged<SpliceLoop>.fromOpaque(context).release()
-                let error = SystemError(call: "pthread_create", code: result)
+            let thread: pthread_t
+            do {
+                thread = try startThread(running: loop) { $0.run() }
+            } catch {
                 for (started, loop) in zip(threads, loops) {
                     _ = loop.post(.stop)
                     pthread_join(started, nil)
