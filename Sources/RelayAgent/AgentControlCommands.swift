@@ -59,9 +59,9 @@ public struct AgentControlCommands: Sendable {
         var report = StatusReport(
             role: "agent",
             pid: Int(getpid()),
-            startedAt: self.server.startedAt,
+            startedAt: self.server.life.startedAt,
             config: self.server.configPath,
-            configLoadedAt: self.server.loadedAt.withLock { $0 },
+            configLoadedAt: self.server.life.loadedAt.withLock { $0 },
             control: config.control,
             metrics: config.metrics?.description,
             sessions: sessions.count,
