@@ -203,15 +203,10 @@ public final class AgentServer: Service, Sendable {
     private func applyReload() -> ReloadOutcome {
         let old = self.state.config
         var new: AgentConfig
-        do {
-            new = try AgentConfig.load(path: self.configPath)
-        } catch {
-            return ReloadOutcome(applied: false, problems: error.problems.map(\.description))
-        }
-        var changes: [String] = []
-        if new.control != old.control {
-            changes.append("control socket stays \(old.control) until a restart")
-            new.control = old.control
+        var changes: [String]
+        switch self.life.reread(with: AgentConfig.load, keeping: \.control, of: old) {
+        case .success(let reread): (new, changes) = reread
+        case .failure(let refused): return refused.outcome
         }
         var reconnect = false
         if new.relay != old.relay {

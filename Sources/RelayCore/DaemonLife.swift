@@ -36,6 +36,28 @@ public final class DaemonLife: Sendable {
         await self.reloads.reload()
     }
 
+    /// Reads the config file again for a reload with `load`: the new config, with its control
+    /// socket (`control`) kept as in `old` (it changes only at a restart, which the changes say),
+    /// or, when it is invalid, the refused outcome naming every problem.
+    public func reread<Config>(
+        with load: (String) throws(ConfigError) -> Config, keeping control: WritableKeyPath<Config, String>,
+        of old: Config
+    ) -> Result<(config: Config, changes: [String]), RereadRefused> {
+        var new: Config
+        do {
+            new = try load(self.configPath)
+        } catch {
+            return .failure(
+                RereadRefused(outcome: ReloadOutcome(applied: false, problems: error.problems.map(\.description))))
+        }
+        var changes: [String] = []
+        if new[keyPath: control] != old[keyPath: control] {
+            changes.append("control socket stays \(old[keyPath: control]) until a restart")
+            new[keyPath: control] = old[keyPath: control]
+        }
+        return .success((new, changes))
+    }
+
     /// Adds the helper tasks to `group`: serving reloads with `apply` (the daemon's own work),
     /// SIGHUP, the STATUS line `statusLine` whenever it changes, and the watchdog over
     /// `eventLoops` when one is enabled. They run until the group is cancelled.
@@ -62,6 +84,12 @@ public final class DaemonLife: Sendable {
         self.hooks.stopping()
         self.reloads.finish()
         return graceful
+    }
+
+    /// A config that ``reread(with:keeping:of:)`` refused.
+    public struct RereadRefused: Error {
+        /// The refused outcome, with every problem.
+        public let outcome: ReloadOutcome
     }
 
     private func serveReloads(apply: () async -> ReloadOutcome) async {

@@ -118,15 +118,10 @@ public final class ProxyServer: Service, Sendable {
     private func applyReload() async -> ReloadOutcome {
         let old = self.state.config
         var new: ProxyConfig
-        do {
-            new = try ProxyConfig.load(path: self.configPath)
-        } catch {
-            return ReloadOutcome(applied: false, problems: error.problems.map(\.description))
-        }
-        var changes: [String] = []
-        if new.control != old.control {
-            changes.append("control socket stays \(old.control) until a restart")
-            new.control = old.control
+        var changes: [String]
+        switch self.life.reread(with: ProxyConfig.load, keeping: \.control, of: old) {
+        case .success(let reread): (new, changes) = reread
+        case .failure(let refused): return refused.outcome
         }
 
         // Bind every new or moved listener first: if one fails, nothing changes.
