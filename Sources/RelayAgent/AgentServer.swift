@@ -183,14 +183,9 @@ public final class AgentServer: Service, Sendable {
         let live = self.state.sessions.count
         self.logger.info("shutting down", metadata: ["sessions": "\(live)", "drainTimeoutSeconds": "\(drainTimeout)"])
         // Every session drains, pending ones too: they may still attach.
-        for session in self.state.sessions { session.handle(.stop) }
-        if graceful, live > 0, await self.state.waitForNoSessions(timeout: .seconds(drainTimeout)) {
-            self.logger.info("all sessions drained")
-        }
-        for session in self.state.sessions {
-            self.logger.warning("closing a session still live at shutdown", metadata: ["session": "\(session.id)"])
-            session.handle(.drainDeadlinePassed)
-        }
+        await self.life.drain(
+            { self.state.sessions }, live: live, graceful: graceful, timeout: .seconds(drainTimeout),
+            waitForNoSessions: { await self.state.waitForNoSessions(timeout: $0) })
         self.requestInput.finish()
     }
 

@@ -2,8 +2,23 @@ import FoundationEssentials
 import Logging
 import NIOCore
 import RelayControl
+import RelayProtocol
 import ServiceLifecycle
 import Synchronization
+
+/// A live session as the shared daemon code sees it: both daemons' sessions answer alike.
+public protocol DaemonSession: AnyObject, Sendable {
+    /// The session's id.
+    var id: String { get }
+    /// The service it belongs to.
+    var service: String { get }
+    /// The client's address.
+    var client: String { get }
+    /// When it started.
+    var startedAt: Date { get }
+    /// Feeds an event to the session's state machine.
+    @discardableResult func handle(_ event: SessionStateMachine.Event) -> [SessionStateMachine.Action]
+}
 
 /// What both daemons' servers share about their life: when they started and loaded their
 /// config, the one reload path, and the helper tasks that keep the supervisor informed (reloads,
@@ -90,6 +105,23 @@ public final class DaemonLife: Sendable {
     public struct RereadRefused: Error {
         /// The refused outcome, with every problem.
         public let outcome: ReloadOutcome
+    }
+
+    /// The end of a graceful shutdown: stops every session in `sessions()`, gives them `timeout`
+    /// to drain (`waitForNoSessions`) when the shutdown was graceful and `live` were there, then
+    /// closes those still live.
+    public func drain<Session: DaemonSession>(
+        _ sessions: () -> [Session], live: Int, graceful: Bool, timeout: Duration,
+        waitForNoSessions: (Duration) async -> Bool
+    ) async {
+        for session in sessions() { session.handle(.stop) }
+        if graceful, live > 0, await waitForNoSessions(timeout) {
+            self.logger.info("all sessions drained")
+        }
+        for session in sessions() {
+            self.logger.warning("closing a session still live at shutdown", metadata: ["session": "\(session.id)"])
+            session.handle(.drainDeadlinePassed)
+        }
     }
 
     private func serveReloads(apply: () async -> ReloadOutcome) async {

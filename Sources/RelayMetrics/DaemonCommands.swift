@@ -5,20 +5,10 @@ import RelayControl
 import RelayCore
 import RelayProtocol
 
-/// A live session as the control commands see it: both daemons' sessions answer alike.
-public protocol ControlledSession: AnyObject, Sendable {
-    /// The session's id.
-    var id: String { get }
-    /// The service it belongs to.
-    var service: String { get }
-    /// The client's address.
-    var client: String { get }
-    /// When it started.
-    var startedAt: Date { get }
+/// A live session as the control commands see it: a ``DaemonSession`` with its service's counters.
+public protocol ControlledSession: DaemonSession {
     /// Its service's counters.
     var telemetry: ServiceTelemetry { get }
-    /// Feeds an event to the session's state machine.
-    @discardableResult func handle(_ event: SessionStateMachine.Event) -> [SessionStateMachine.Action]
 }
 
 /// The control commands both daemons answer the same way (relayctl status's common part,

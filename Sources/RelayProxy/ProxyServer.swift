@@ -262,14 +262,9 @@ public final class ProxyServer: Service, Sendable {
             metadata: ["sessions": "\(live)", "drainTimeoutSeconds": "\(drainTimeout)"])
         for agent in self.state.agents { agent.close(.shuttingDown, "the relay is shutting down") }
         // Sessions still waiting for a data channel fail now; the others drain.
-        for session in self.state.sessions { session.handle(.stop) }
-        if graceful, live > 0, await self.state.waitForNoSessions(timeout: .seconds(drainTimeout)) {
-            self.logger.info("all sessions drained")
-        }
-        for session in self.state.sessions {
-            self.logger.warning("closing a session still live at shutdown", metadata: ["session": "\(session.id)"])
-            session.handle(.drainDeadlinePassed)
-        }
+        await self.life.drain(
+            { self.state.sessions }, live: live, graceful: graceful, timeout: .seconds(drainTimeout),
+            waitForNoSessions: { await self.state.waitForNoSessions(timeout: $0) })
         // Only now may the serving task group end (and cancel its helper tasks).
         self.listenerStartInput.finish()
     }
