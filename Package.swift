@@ -53,7 +53,7 @@ let package = Package(
         .target(
             name: "RelayMetrics",
             dependencies: [
-                "RelayControl", "RelayCore",
+                "RelayProtocol", "RelayControl", "RelayCore",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -91,10 +91,11 @@ let package = Package(
         // The real libsystemd (Debian: libsystemd-dev), and a small Swift API over it.
         .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
         .target(name: "RelaySystemd", dependencies: ["CSystemd", "RelayControl", "RelayCore"]),
-        .executableTarget(
-            name: "relay-proxy",
+        // What both executables share: the command line, start-up, systemd hooks, the service group.
+        .target(
+            name: "RelayDaemon",
             dependencies: [
-                "RelaySupport", "RelayCore", "RelayMetrics", "RelayProxy", "RelaySystemd",
+                "RelaySupport", "RelayCore", "RelayMetrics", "RelaySystemd",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -102,13 +103,19 @@ let package = Package(
             ]
         ),
         .executableTarget(
-            name: "relay-agent",
+            name: "relay-proxy",
             dependencies: [
-                "RelaySupport", "RelayCore", "RelayMetrics", "RelayAgent", "RelaySystemd",
+                "RelaySupport", "RelayCore", "RelayMetrics", "RelayProxy", "RelaySystemd", "RelayDaemon",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
-                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .executableTarget(
+            name: "relay-agent",
+            dependencies: [
+                "RelaySupport", "RelayCore", "RelayMetrics", "RelayAgent", "RelayDaemon",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .executableTarget(

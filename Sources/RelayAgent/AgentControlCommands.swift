@@ -12,12 +12,16 @@ import Synchronization
 /// session, kill, reload and metrics. See docs/protocol.md for the keys.
 public struct AgentControlCommands: Sendable {
     private let server: AgentServer
-    private let metrics: MetricsRegistry?
+    /// What both daemons answer alike.
+    private let common: DaemonCommands<AgentSession>
 
     /// Commands over `server`'s state; `metrics` renders the process's registry.
     public init(server: AgentServer, metrics: MetricsRegistry?) {
         self.server = server
-        self.metrics = metrics
+        let state = server.state
+        self.common = DaemonCommands(
+            life: server.life, logger: server.logger, metrics: metrics, liveSessions: { state.sessions },
+            liveSession: { state.session($0) }, report: { Self.report($0) })
     }
 
     private var state: AgentState { self.server.state }
@@ -28,9 +32,9 @@ public struct AgentControlCommands: Sendable {
         case "status": return .success(self.status())
         case "services": return .success(self.services())
         case "sessions": return self.sessions(request)
-        case "session": return self.session(request)
-        case "kill": return self.kill(request)
-        case "reload": return await self.reload()
+        case "session": return self.common.session(request)
+        case "kill": return self.common.kill(request)
+        case "reload": return await self.common.reload()
         case "metrics": return .success(MetricsReport(text: self.renderMetrics()))
         case "agents":
             return .failure(.unknownCommand, "'agents' is a relay-proxy command; this is relay-agent (try 'status')")
@@ -50,25 +54,15 @@ public struct AgentControlCommands: Sendable {
             roundTrips[self.state.config.id] = roundTrip
         }
         self.state.telemetry.refresh(liveSessions: live, roundTrips: roundTrips, agentsConnected: nil)
-        return self.metrics?.text() ?? "# metrics are not enabled in this process\n"
+        return self.common.metricsText()
     }
 
     func status() -> StatusReport {
         let config = self.state.config
-        let sessions = self.state.sessions
-        var report = StatusReport(
-            role: "agent",
-            pid: Int(getpid()),
-            startedAt: self.server.startedAt,
-            config: self.server.configPath,
-            configLoadedAt: self.server.loadedAt.withLock { $0 },
-            control: config.control,
-            metrics: config.metrics?.description,
-            sessions: sessions.count,
-            sessionsTotal: self.state.telemetry.sessionsTotal,
-            sessionsPending: sessions.filter { $0.dataChannel == nil }.count,
-            services: self.services()
-        )
+        var report = self.common.status(
+            role: "agent", control: config.control, metrics: config.metrics?.description,
+            sessionsTotal: self.state.telemetry.sessionsTotal, services: self.services(),
+            isPending: { $0.dataChannel == nil })
         report.agent = config.id
         report.relay = self.relay()
         return report
@@ -126,51 +120,14 @@ public struct AgentControlCommands: Sendable {
 
     func sessions(_ request: ControlRequest) -> ControlReply {
         let service = request.argument("service")
-        if let service, self.state.config.service(named: service) == nil,
-            !self.state.sessions.contains(where: { $0.service == service })
-        {
-            return .failure(.unknownService, "no service '\(service.prefix(64))' in \(self.server.configPath)")
+        let config = self.state.config
+        if let refused = self.common.refuseUnknownService(service, configured: { config.service(named: $0) != nil }) {
+            return refused
         }
         if let agent = request.argument("agent"), agent != self.state.config.id {
             return .failure(.unknownAgent, "this is agent '\(self.state.config.id)', not '\(agent.prefix(64))'")
         }
-        let reports = self.state.sessions
-            .filter { service == nil || $0.service == service }
-            .sorted { $0.startedAt < $1.startedAt }
-            .map(Self.report)
-        return .success(reports)
-    }
-
-    func session(_ request: ControlRequest) -> ControlReply {
-        guard let id = request.argument("id") else { return .failure(.badRequest, "'session' needs args.id") }
-        guard let session = self.state.session(id) else {
-            return .failure(.unknownSession, "no live session '\(id.prefix(64))'")
-        }
-        return .success(Self.report(session))
-    }
-
-    /// Ends a session at once: both connections are reset and closed.
-    func kill(_ request: ControlRequest) -> ControlReply {
-        guard let id = request.argument("id") else { return .failure(.badRequest, "'kill' needs args.id") }
-        guard let session = self.state.session(id) else {
-            return .failure(.unknownSession, "no live session '\(id.prefix(64))'")
-        }
-        let report = Self.report(session)
-        self.server.logger.notice(
-            "session killed by operator",
-            metadata: ["session": "\(session.id)", "service": "\(session.service)", "client": "\(session.client)"])
-        session.telemetry.sessionKilled()
-        session.handle(.kill)
-        return .success(KillReport(id: session.id, state: report.state))
-    }
-
-    func reload() async -> ControlReply {
-        let outcome = await self.server.reload()
-        if outcome.applied { return .success(outcome) }
-        return .failure(
-            .reloadRefused,
-            "the new config was refused; the old one stays in force: \(outcome.problems.joined(separator: "; "))",
-            result: outcome)
+        return self.common.sessions { service == nil || $0.service == service }
     }
 
     static func report(_ session: AgentSession) -> SessionReport {
@@ -195,3 +152,5 @@ public struct AgentControlCommands: Sendable {
         return report
     }
 }
+
+extension AgentSession: ControlledSession {}

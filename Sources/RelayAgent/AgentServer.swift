@@ -15,11 +15,10 @@ public final class AgentServer: Service, Sendable {
     /// A connection that lasted this long, registered, resets the reconnect backoff.
     public static let stableConnectionSeconds = 5.0
 
-    /// How often the STATUS line is recomputed (it is sent only when it changed).
-    static let statusInterval = Duration.seconds(1)
-
     let state: AgentState
-    let configPath: String
+    /// The start and config times, reloads, STATUS and watchdog, and the start of shutdown.
+    let life: DaemonLife
+    var configPath: String { self.life.configPath }
     private let group: any EventLoopGroup
     let logger: Logger
     private let dataPlane: (any DataPlane)?
@@ -28,11 +27,6 @@ public final class AgentServer: Service, Sendable {
     private let reconnectNow = Mutex(false)
     /// Ends a backoff wait early when a reload changed what the agent dials with.
     private let wakeups = Wakeup()
-    private let reloads = ReloadCoordinator(daemon: "relay-agent")
-    /// When the config in force was loaded.
-    let loadedAt = Mutex(Date())
-    /// When the daemon started.
-    let startedAt = Date()
     /// Connection attempts since the last successful registration.
     let attempts = Mutex(0)
     /// The control channel of the current connection, if any.
@@ -51,7 +45,7 @@ public final class AgentServer: Service, Sendable {
         hooks: DaemonHooks = DaemonHooks()
     ) {
         self.state = AgentState(config: config)
-        self.configPath = configPath
+        self.life = DaemonLife(daemon: "relay-agent", configPath: configPath, hooks: hooks, logger: logger)
         self.group = group
         self.logger = logger
         self.dataPlane = dataPlane
@@ -76,14 +70,8 @@ public final class AgentServer: Service, Sendable {
         await withDiscardingTaskGroup { group in
             group.addTask { await self.connectLoop() }
             group.addTask { await self.shutdownWhenAsked() }
-            group.addTask { await self.serveReloads() }
-            group.addTask { await self.reloads.reloadOnSIGHUP(logger: self.logger) }
-            group.addTask { await self.reportStatus() }
-            if let interval = self.hooks.watchdogInterval {
-                group.addTask {
-                    await EventLoopWatchdog.run(group: self.group, interval: interval, alive: self.hooks.alive)
-                }
-            }
+            self.life.addHelpers(
+                to: &group, eventLoops: self.group, apply: { self.applyReload() }, statusLine: { self.statusLine() })
             self.hooks.ready()
             // Sessions are independent of the control channel that asked for them. The
             // stream ends once shutdown has drained them; then the helpers above stop.
@@ -189,51 +177,31 @@ public final class AgentServer: Service, Sendable {
     /// Waits for graceful shutdown (SIGTERM), then closes the control channel and gives
     /// live sessions `drainTimeout` to finish before closing them.
     private func shutdownWhenAsked() async {
-        let graceful = (try? await gracefulShutdown()) != nil
-        self.hooks.stopping()
+        let graceful = await self.life.waitForShutdown()
         let drainTimeout = self.state.config.drainTimeout
-        self.reloads.finish()
         self.state.beginShutdown()?.close(promise: nil)
         let live = self.state.sessions.count
         self.logger.info("shutting down", metadata: ["sessions": "\(live)", "drainTimeoutSeconds": "\(drainTimeout)"])
         // Every session drains, pending ones too: they may still attach.
-        for session in self.state.sessions { session.handle(.stop) }
-        if graceful, live > 0, await self.state.waitForNoSessions(timeout: .seconds(drainTimeout)) {
-            self.logger.info("all sessions drained")
-        }
-        for session in self.state.sessions {
-            self.logger.warning("closing a session still live at shutdown", metadata: ["session": "\(session.id)"])
-            session.handle(.drainDeadlinePassed)
-        }
+        await self.life.drain(
+            { self.state.sessions }, live: live, graceful: graceful, timeout: .seconds(drainTimeout),
+            waitForNoSessions: { await self.state.waitForNoSessions(timeout: $0) })
         self.requestInput.finish()
     }
 
     /// Re-reads the config file and applies it without dropping live sessions; keeps the
     /// old config when the new one is invalid. SIGHUP, systemd and relayctl all come here.
     public func reload() async -> ReloadOutcome {
-        await self.reloads.reload()
-    }
-
-    private func serveReloads() async {
-        await self.reloads.serve(hooks: self.hooks, logger: self.logger) {
-            let outcome = self.applyReload()
-            if outcome.applied { self.loadedAt.withLock { $0 = Date() } }
-            return outcome
-        }
+        await self.life.reload()
     }
 
     private func applyReload() -> ReloadOutcome {
         let old = self.state.config
         var new: AgentConfig
-        do {
-            new = try AgentConfig.load(path: self.configPath)
-        } catch {
-            return ReloadOutcome(applied: false, problems: error.problems.map(\.description))
-        }
-        var changes: [String] = []
-        if new.control != old.control {
-            changes.append("control socket stays \(old.control) until a restart")
-            new.control = old.control
+        var changes: [String]
+        switch self.life.reread(with: AgentConfig.load, keeping: \.control, of: old) {
+        case .success(let reread): (new, changes) = reread
+        case .failure(let refused): return refused.outcome
         }
         var reconnect = false
         if new.relay != old.relay {
@@ -294,28 +262,20 @@ public final class AgentServer: Service, Sendable {
         return ReloadOutcome(applied: true, changes: changes)
     }
 
-    /// Sends the STATUS line whenever it changes.
-    private func reportStatus() async {
-        var last = ""
-        repeat {
-            let config = self.state.config
-            let services = "\(config.services.count) services, \(self.state.sessions.count) sessions"
-            let line: String
-            switch self.state.connection {
-            case .connected:
-                line = "connected to \(config.relay), \(services)"
-            case .connecting(let attempt):
-                line = "connecting to \(config.relay) (attempt \(attempt)), \(services)"
-            case .waiting(let until, let error):
-                let seconds = max(0, Int(until.timeIntervalSinceNow.rounded(.up)))
-                line = "reconnecting in \(seconds) s: \(error)"
-            case .stopped:
-                line = "stopping, \(services)"
-            }
-            if line != last {
-                self.hooks.status(line)
-                last = line
-            }
-        } while (try? await Task.sleep(for: Self.statusInterval)) != nil
+    /// The STATUS line.
+    private func statusLine() -> String {
+        let config = self.state.config
+        let services = "\(config.services.count) services, \(self.state.sessions.count) sessions"
+        switch self.state.connection {
+        case .connected:
+            return "connected to \(config.relay), \(services)"
+        case .connecting(let attempt):
+            return "connecting to \(config.relay) (attempt \(attempt)), \(services)"
+        case .waiting(let until, let error):
+            let seconds = max(0, Int(until.timeIntervalSinceNow.rounded(.up)))
+            return "reconnecting in \(seconds) s: \(error)"
+        case .stopped:
+            return "stopping, \(services)"
+        }
     }
 }

@@ -12,12 +12,16 @@ import Synchronization
 /// sessions, one session, kill, reload and metrics. See docs/protocol.md for the keys.
 public struct ProxyControlCommands: Sendable {
     private let server: ProxyServer
-    private let metrics: MetricsRegistry?
+    /// What both daemons answer alike.
+    private let common: DaemonCommands<ProxySession>
 
     /// Commands over `server`'s state; `metrics` renders the process's registry.
     public init(server: ProxyServer, metrics: MetricsRegistry?) {
         self.server = server
-        self.metrics = metrics
+        let state = server.state
+        self.common = DaemonCommands(
+            life: server.life, logger: server.logger, metrics: metrics, liveSessions: { state.sessions },
+            liveSession: { state.session($0) }, report: { Self.report($0) })
     }
 
     private var state: ProxyState { self.server.state }
@@ -29,9 +33,9 @@ public struct ProxyControlCommands: Sendable {
         case "agents": return .success(self.agents())
         case "services": return .success(self.services())
         case "sessions": return self.sessions(request)
-        case "session": return self.session(request)
-        case "kill": return self.kill(request)
-        case "reload": return await self.reload()
+        case "session": return self.common.session(request)
+        case "kill": return self.common.kill(request)
+        case "reload": return await self.common.reload()
         case "metrics": return .success(MetricsReport(text: self.renderMetrics()))
         default:
             return .failure(
@@ -49,25 +53,15 @@ public struct ProxyControlCommands: Sendable {
         for link in self.state.agents { roundTrips[link.id] = link.roundTrip }
         self.state.telemetry.refresh(
             liveSessions: live, roundTrips: roundTrips, agentsConnected: self.state.agents.count)
-        return self.metrics?.text() ?? "# metrics are not enabled in this process\n"
+        return self.common.metricsText()
     }
 
     func status() -> StatusReport {
         let config = self.state.config
-        let sessions = self.state.sessions
-        var report = StatusReport(
-            role: "proxy",
-            pid: Int(getpid()),
-            startedAt: self.server.startedAt,
-            config: self.server.configPath,
-            configLoadedAt: self.server.loadedAt.withLock { $0 },
-            control: config.control,
-            metrics: config.metrics?.description,
-            sessions: sessions.count,
-            sessionsTotal: self.state.telemetry.sessionsTotal,
-            sessionsPending: sessions.filter { if case .pending = $0.phase { true } else { false } }.count,
-            services: self.services()
-        )
+        var report = self.common.status(
+            role: "proxy", control: config.control, metrics: config.metrics?.description,
+            sessionsTotal: self.state.telemetry.sessionsTotal, services: self.services(),
+            isPending: { if case .pending = $0.phase { true } else { false } })
         let agents = self.agents()
         report.listen = self.listenerAddress(ProxyServer.agentPortName) ?? config.listen.description
         report.agents = agents
@@ -120,53 +114,13 @@ public struct ProxyControlCommands: Sendable {
         let config = self.state.config
         let service = request.argument("service")
         let agent = request.argument("agent")
-        if let service, config.service(named: service) == nil,
-            !self.state.sessions.contains(where: { $0.service == service })
-        {
-            return .failure(.unknownService, "no service '\(service.prefix(64))' in \(self.server.configPath)")
+        if let refused = self.common.refuseUnknownService(service, configured: { config.service(named: $0) != nil }) {
+            return refused
         }
         if let agent, !config.agents.contains(where: { $0.id == agent }) {
             return .failure(.unknownAgent, "no agent '\(agent.prefix(64))' in \(self.server.configPath)")
         }
-        let reports = self.state.sessions
-            .filter { service == nil || $0.service == service }
-            .filter { agent == nil || $0.agent == agent }
-            .sorted { $0.startedAt < $1.startedAt }
-            .map(Self.report)
-        return .success(reports)
-    }
-
-    func session(_ request: ControlRequest) -> ControlReply {
-        guard let id = request.argument("id") else { return .failure(.badRequest, "'session' needs args.id") }
-        guard let session = self.state.session(id) else {
-            return .failure(.unknownSession, "no live session '\(id.prefix(64))'")
-        }
-        return .success(Self.report(session))
-    }
-
-    /// Ends a session at once: a kill resets both connections, so
-    /// the client and the agent tear down without waiting.
-    func kill(_ request: ControlRequest) -> ControlReply {
-        guard let id = request.argument("id") else { return .failure(.badRequest, "'kill' needs args.id") }
-        guard let session = self.state.session(id) else {
-            return .failure(.unknownSession, "no live session '\(id.prefix(64))'")
-        }
-        let report = Self.report(session)
-        self.server.logger.notice(
-            "session killed by operator",
-            metadata: ["session": "\(session.id)", "service": "\(session.service)", "client": "\(session.client)"])
-        session.telemetry.sessionKilled()
-        session.handle(.kill)
-        return .success(KillReport(id: session.id, state: report.state))
-    }
-
-    func reload() async -> ControlReply {
-        let outcome = await self.server.reload()
-        if outcome.applied { return .success(outcome) }
-        return .failure(
-            .reloadRefused,
-            "the new config was refused; the old one stays in force: \(outcome.problems.joined(separator: "; "))",
-            result: outcome)
+        return self.common.sessions { (service == nil || $0.service == service) && (agent == nil || $0.agent == agent) }
     }
 
     private func listenerAddress(_ name: String) -> String? {
@@ -195,3 +149,5 @@ public struct ProxyControlCommands: Sendable {
         return report
     }
 }
+
+extension ProxySession: ControlledSession {}

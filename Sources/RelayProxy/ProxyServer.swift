@@ -21,11 +21,10 @@ public final class ProxyServer: Service, Sendable {
     /// The name of the agent port among listeners and socket-activation names.
     public static let agentPortName = "agents"
 
-    /// How often the STATUS line is recomputed (it is sent only when it changed).
-    static let statusInterval = Duration.seconds(1)
-
     let state: ProxyState
-    let configPath: String
+    /// The start and config times, reloads, STATUS and watchdog, and the start of shutdown.
+    let life: DaemonLife
+    var configPath: String { self.life.configPath }
     private let group: any EventLoopGroup
     let logger: Logger
     private let dataPlane: (any DataPlane)?
@@ -37,11 +36,6 @@ public final class ProxyServer: Service, Sendable {
     let listeners = Mutex<[String: [OwnedListener]]>([:])
     private let listenerStarts: AsyncStream<(String, OwnedListener)>
     private let listenerStartInput: AsyncStream<(String, OwnedListener)>.Continuation
-    private let reloads = ReloadCoordinator(daemon: "relay-proxy")
-    /// When the config in force was loaded.
-    let loadedAt = Mutex(Date())
-    /// When the daemon started.
-    let startedAt = Date()
 
     /// Creates the relay. `adopted` maps socket-activation names (`agents` or a service
     /// name) to listening descriptors passed by systemd; everything else is bound as configured.
@@ -56,7 +50,7 @@ public final class ProxyServer: Service, Sendable {
         adopted: [String: [CInt]] = [:]
     ) {
         self.state = ProxyState(config: config)
-        self.configPath = configPath
+        self.life = DaemonLife(daemon: "relay-proxy", configPath: configPath, hooks: hooks, logger: logger)
         self.group = group
         self.logger = logger
         self.dataPlane = dataPlane
@@ -95,15 +89,10 @@ public final class ProxyServer: Service, Sendable {
         let clients = ClientHandler(state: self.state, dataPlane: dataPlane, logger: self.logger)
         await withDiscardingTaskGroup { group in
             group.addTask { await self.shutdownWhenAsked() }
-            group.addTask { await self.serveReloads() }
-            group.addTask { await self.reloads.reloadOnSIGHUP(logger: self.logger) }
-            group.addTask { await self.reportStatus() }
             group.addTask { await self.expireRotations() }
-            if let interval = self.hooks.watchdogInterval {
-                group.addTask {
-                    await EventLoopWatchdog.run(group: self.group, interval: interval, alive: self.hooks.alive)
-                }
-            }
+            self.life.addHelpers(
+                to: &group, eventLoops: self.group, apply: { await self.applyReload() },
+                statusLine: { self.statusLine() })
             for await (name, listener) in self.listenerStarts {
                 group.addTask {
                     if name == Self.agentPortName {
@@ -123,29 +112,16 @@ public final class ProxyServer: Service, Sendable {
     /// Re-reads the config file and applies it without dropping live sessions; keeps the
     /// old config when the new one is invalid. SIGHUP, systemd and relayctl all come here.
     public func reload() async -> ReloadOutcome {
-        await self.reloads.reload()
-    }
-
-    private func serveReloads() async {
-        await self.reloads.serve(hooks: self.hooks, logger: self.logger) {
-            let outcome = await self.applyReload()
-            if outcome.applied { self.loadedAt.withLock { $0 = Date() } }
-            return outcome
-        }
+        await self.life.reload()
     }
 
     private func applyReload() async -> ReloadOutcome {
         let old = self.state.config
         var new: ProxyConfig
-        do {
-            new = try ProxyConfig.load(path: self.configPath)
-        } catch {
-            return ReloadOutcome(applied: false, problems: error.problems.map(\.description))
-        }
-        var changes: [String] = []
-        if new.control != old.control {
-            changes.append("control socket stays \(old.control) until a restart")
-            new.control = old.control
+        var changes: [String]
+        switch self.life.reread(with: ProxyConfig.load, keeping: \.control, of: old) {
+        case .success(let reread): (new, changes) = reread
+        case .failure(let refused): return refused.outcome
         }
 
         // Bind every new or moved listener first: if one fails, nothing changes.
@@ -276,10 +252,8 @@ public final class ProxyServer: Service, Sendable {
     /// Waits for graceful shutdown (SIGTERM), then stops accepting, drops the control
     /// channels and gives live sessions `drainTimeoutSeconds` to finish before closing them.
     private func shutdownWhenAsked() async {
-        let graceful = (try? await gracefulShutdown()) != nil
-        self.hooks.stopping()
+        let graceful = await self.life.waitForShutdown()
         let drainTimeout = self.state.config.drainTimeout
-        self.reloads.finish()
         // Closed before the log says so: a client that connects after the line is refused.
         for listener in self.listeners.withLock({ $0.values.flatMap { $0 } }) { listener.close() }
         let live = self.state.sessions.count
@@ -288,30 +262,18 @@ public final class ProxyServer: Service, Sendable {
             metadata: ["sessions": "\(live)", "drainTimeoutSeconds": "\(drainTimeout)"])
         for agent in self.state.agents { agent.close(.shuttingDown, "the relay is shutting down") }
         // Sessions still waiting for a data channel fail now; the others drain.
-        for session in self.state.sessions { session.handle(.stop) }
-        if graceful, live > 0, await self.state.waitForNoSessions(timeout: .seconds(drainTimeout)) {
-            self.logger.info("all sessions drained")
-        }
-        for session in self.state.sessions {
-            self.logger.warning("closing a session still live at shutdown", metadata: ["session": "\(session.id)"])
-            session.handle(.drainDeadlinePassed)
-        }
+        await self.life.drain(
+            { self.state.sessions }, live: live, graceful: graceful, timeout: .seconds(drainTimeout),
+            waitForNoSessions: { await self.state.waitForNoSessions(timeout: $0) })
         // Only now may the serving task group end (and cancel its helper tasks).
         self.listenerStartInput.finish()
     }
 
-    /// Sends the STATUS line whenever it changes.
-    private func reportStatus() async {
-        var last = ""
-        repeat {
-            let config = self.state.config
-            let line =
-                "\(self.state.agents.count)/\(config.agents.count) agents connected, \(config.services.count) services, \(self.state.sessions.count) sessions"
-            if line != last {
-                self.hooks.status(line)
-                last = line
-            }
-        } while (try? await Task.sleep(for: Self.statusInterval)) != nil
+    /// The STATUS line.
+    private func statusLine() -> String {
+        let config = self.state.config
+        return
+            "\(self.state.agents.count)/\(config.agents.count) agents connected, \(config.services.count) services, \(self.state.sessions.count) sessions"
     }
 
     /// Adopts every socket systemd passed under `name` (IPv4 and IPv6 may share one), or

@@ -1,13 +1,10 @@
 import ArgumentParser
-import FoundationEssentials
 import Logging
 import RelayAgent
 import RelayCore
+import RelayDaemon
 import RelayMetrics
 import RelaySupport
-import RelaySystemd
-import ServiceLifecycle
-import UnixSignals
 
 /// relay-agent: the inside end of a reverse tunnel. See relay-agent(8).
 @main
@@ -18,66 +15,36 @@ struct RelayAgentCommand: AsyncParsableCommand {
         version: "relay-agent \(RelayVersion.current)"
     )
 
-    @Option(help: "The config file.")
-    var config: String = AgentConfig.defaultPath
-
-    @Flag(help: "Validate the config, print every problem with its JSON path, and exit (1 if invalid).")
-    var checkConfig = false
-
-    @Flag(
-        help: """
-            Exit 1, naming each one, if the config still holds a shipped CHANGE-ME placeholder; \
-            else exit 0. Checks nothing else (the packaged unit's ExecCondition=).
-            """)
-    var checkPlaceholders = false
-
-    @Option(help: "Least severe log level: trace, debug, info, notice, warning, error, critical.")
-    var logLevel: String = "info"
+    @OptionGroup var options: DaemonOptions<AgentDaemon>
 
     func run() async throws {
-        if self.checkPlaceholders {
-            guard DaemonSupport.reportPlaceholders(path: self.config, package: "relay-agent") else { throw ExitCode(1) }
-            return
-        }
-        if self.checkConfig {
-            do {
-                let config = try AgentConfig.load(path: self.config)
-                print(
-                    "\(self.config): OK (agent \(config.id), relay \(config.relay), \(config.services.count) services)")
-                return
-            } catch {
-                DaemonSupport.printProblems(error)
-                throw ExitCode(1)
-            }
-        }
-        let level: Logger.Level
-        do {
-            level = try DaemonSupport.bootstrap(logLevel: self.logLevel)
-        } catch {
-            StandardStream.error.write("relay-agent: \(error)\n")
-            throw ExitCode(1)
-        }
-        var logger = Logger(label: "relay-agent")
-        logger.logLevel = level
-        do {
-            let config = try AgentConfig.load(path: self.config)
-            let metrics = RelayMetrics.bootstrap()
-            let server = AgentServer(
-                config: config, configPath: self.config, logger: logger,
-                hooks: DaemonHooks.systemd().countingReloads(role: "agent"))
-            let commands = AgentControlCommands(server: server, metrics: metrics)
-            // The control socket (and the metrics endpoint) are up before the server reports readiness.
-            let services = try await DaemonSupport.bindControlServices(
-                control: config.control, metrics: config.metrics, logger: logger,
-                handler: commands.handle, renderMetrics: commands.renderMetrics)
-            var quiet = logger
-            quiet.logLevel = .warning
-            try await ServiceGroup(
-                services: services + [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: quiet
-            ).run()
-        } catch {
-            logger.critical("relay-agent cannot run: \(error)")
-            throw ExitCode(1)
-        }
+        try await self.options.run()
+    }
+}
+
+/// The agent's part of the shared start-up.
+enum AgentDaemon: DaemonDefinition {
+    static let name = "relay-agent"
+    static let role = "agent"
+    static let defaultConfigPath = AgentConfig.defaultPath
+
+    static func load(path: String) throws(ConfigError) -> AgentConfig {
+        try AgentConfig.load(path: path)
+    }
+
+    static func summary(_ config: AgentConfig) -> String {
+        "agent \(config.id), relay \(config.relay), \(config.services.count) services"
+    }
+
+    static func control(_ config: AgentConfig) -> String { config.control }
+
+    static func metrics(_ config: AgentConfig) -> HostPort? { config.metrics }
+
+    static func start(
+        config: AgentConfig, configPath: String, logger: Logger, hooks: DaemonHooks, metrics: MetricsRegistry
+    ) throws -> DaemonParts {
+        let server = AgentServer(config: config, configPath: configPath, logger: logger, hooks: hooks)
+        let commands = AgentControlCommands(server: server, metrics: metrics)
+        return DaemonParts(server: server, handler: commands.handle, renderMetrics: commands.renderMetrics)
     }
 }

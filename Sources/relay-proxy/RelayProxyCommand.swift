@@ -1,13 +1,11 @@
 import ArgumentParser
-import FoundationEssentials
 import Logging
 import RelayCore
+import RelayDaemon
 import RelayMetrics
 import RelayProxy
 import RelaySupport
 import RelaySystemd
-import ServiceLifecycle
-import UnixSignals
 
 /// relay-proxy: the public relay of a reverse tunnel. See relay-proxy(8).
 @main
@@ -18,72 +16,40 @@ struct RelayProxyCommand: AsyncParsableCommand {
         version: "relay-proxy \(RelayVersion.current)"
     )
 
-    @Option(help: "The config file.")
-    var config: String = ProxyConfig.defaultPath
-
-    @Flag(help: "Validate the config, print every problem with its JSON path, and exit (1 if invalid).")
-    var checkConfig = false
-
-    @Flag(
-        help: """
-            Exit 1, naming each one, if the config still holds a shipped CHANGE-ME placeholder; \
-            else exit 0. Checks nothing else (the packaged unit's ExecCondition=).
-            """)
-    var checkPlaceholders = false
-
-    @Option(help: "Least severe log level: trace, debug, info, notice, warning, error, critical.")
-    var logLevel: String = "info"
+    @OptionGroup var options: DaemonOptions<ProxyDaemon>
 
     func run() async throws {
-        if self.checkPlaceholders {
-            guard DaemonSupport.reportPlaceholders(path: self.config, package: "relay-proxy") else { throw ExitCode(1) }
-            return
-        }
-        if self.checkConfig {
-            do {
-                let config = try ProxyConfig.load(path: self.config)
-                print("\(self.config): OK (\(config.agents.count) agents, \(config.services.count) services)")
-                return
-            } catch {
-                DaemonSupport.printProblems(error)
-                throw ExitCode(1)
-            }
-        }
-        let level: Logger.Level
-        do {
-            level = try DaemonSupport.bootstrap(logLevel: self.logLevel)
-        } catch {
-            StandardStream.error.write("relay-proxy: \(error)\n")
-            throw ExitCode(1)
-        }
-        var logger = Logger(label: "relay-proxy")
-        logger.logLevel = level
-        do {
-            let config = try ProxyConfig.load(path: self.config)
-            let adopted = Dictionary(
-                grouping: try Systemd.listenedSockets(), by: \.name
-            ).mapValues { $0.map(\.descriptor) }
-            let metrics = RelayMetrics.bootstrap()
-            let server = ProxyServer(
-                config: config,
-                configPath: self.config,
-                logger: logger,
-                hooks: DaemonHooks.systemd().countingReloads(role: "proxy"),
-                adopted: adopted
-            )
-            let commands = ProxyControlCommands(server: server, metrics: metrics)
-            // The control socket (and the metrics endpoint) are up before the server reports readiness.
-            let services = try await DaemonSupport.bindControlServices(
-                control: config.control, metrics: config.metrics, logger: logger,
-                handler: commands.handle, renderMetrics: commands.renderMetrics)
-            var quiet = logger
-            quiet.logLevel = .warning
-            try await ServiceGroup(
-                services: services + [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: quiet
-            ).run()
-        } catch {
-            logger.critical("relay-proxy cannot run: \(error)")
-            throw ExitCode(1)
-        }
+        try await self.options.run()
+    }
+}
+
+/// The relay's part of the shared start-up: it also adopts the sockets systemd passed.
+enum ProxyDaemon: DaemonDefinition {
+    static let name = "relay-proxy"
+    static let role = "proxy"
+    static let defaultConfigPath = ProxyConfig.defaultPath
+
+    static func load(path: String) throws(ConfigError) -> ProxyConfig {
+        try ProxyConfig.load(path: path)
+    }
+
+    static func summary(_ config: ProxyConfig) -> String {
+        "\(config.agents.count) agents, \(config.services.count) services"
+    }
+
+    static func control(_ config: ProxyConfig) -> String { config.control }
+
+    static func metrics(_ config: ProxyConfig) -> HostPort? { config.metrics }
+
+    static func start(
+        config: ProxyConfig, configPath: String, logger: Logger, hooks: DaemonHooks, metrics: MetricsRegistry
+    ) throws -> DaemonParts {
+        let adopted = Dictionary(
+            grouping: try Systemd.listenedSockets(), by: \.name
+        ).mapValues { $0.map(\.descriptor) }
+        let server = ProxyServer(
+            config: config, configPath: configPath, logger: logger, hooks: hooks, adopted: adopted)
+        let commands = ProxyControlCommands(server: server, metrics: metrics)
+        return DaemonParts(server: server, handler: commands.handle, renderMetrics: commands.renderMetrics)
     }
 }
