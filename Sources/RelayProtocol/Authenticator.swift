@@ -117,6 +117,17 @@ public enum Hex {
 
 /// Cryptographically secure random bytes from the system generator.
 func randomBytes(_ count: Int) -> [UInt8] {
+    // Eight bytes per draw: one getrandom(2) call each, not one per byte (a session token
+    // took 32 system calls).
     var generator = SystemRandomNumberGenerator()
-    return (0..<count).map { _ in UInt8.random(in: .min ... .max, using: &generator) }
+    var bytes: [UInt8] = []
+    bytes.reserveCapacity(count)
+    while bytes.count < count {
+        var word = generator.next()
+        for _ in 0..<min(8, count - bytes.count) {
+            bytes.append(UInt8(truncatingIfNeeded: word))
+            word >>= 8
+        }
+    }
+    return bytes
 }

@@ -1,3 +1,4 @@
+import Glibc
 import Testing
 
 @testable import RelayCore
@@ -53,5 +54,18 @@ import Testing
             text.unicodeScalars.append(Unicode.Scalar(value)!)
         }
         #expect(Self.isOneCleanLine(StderrLogHandler.clean(text)))
+    }
+
+    @Test func timestampsAreISO8601InUTCWithMilliseconds() {
+        let cases: [(Int, Int, String)] = [
+            (0, 0, "1970-01-01T00:00:00.000Z"),
+            (1_764_627_013, 123_999_999, "2025-12-01T22:10:13.123Z"),
+            (1_798_761_599, 999_000_000, "2026-12-31T23:59:59.999Z"),
+            (951_782_400, 7_000_000, "2000-02-29T00:00:00.007Z"),
+        ]
+        for (seconds, nanoseconds, expected) in cases {
+            let now = timespec(tv_sec: seconds, tv_nsec: nanoseconds)
+            #expect(StderrLogHandler.timestamp(now) == expected)
+        }
     }
 }
