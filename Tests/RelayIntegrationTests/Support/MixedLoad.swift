@@ -557,7 +557,7 @@ private final class MixedTargetHandler: ChannelInboundHandler {
 
     private func sendMore(context: ChannelHandlerContext) {
         guard let header = self.header, !self.finished else { return }
-        while context.channel.isWritable && self.sent < header.size {
+        while context.channel.isActive && context.channel.isWritable && self.sent < header.size {
             let count = min(MixedLoad.chunk, header.size - self.sent)
             let slice = TestData.slice(offset: header.offset + self.sent, length: count)
             // Counted before the write: a write may call back into this function (writability).

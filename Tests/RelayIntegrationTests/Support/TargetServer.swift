@@ -179,7 +179,10 @@ private final class SourceHandler: ChannelInboundHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {}
 
     private func pump(context: ChannelHandlerContext) {
-        while context.channel.isWritable && self.sent < self.total {
+        // A closed channel fails each write at once and stays "writable": without the
+        // isActive check, an endless source whose peer died (its pending writes failed, which
+        // raises writability) would loop here forever, hashing.
+        while context.channel.isActive && context.channel.isWritable && self.sent < self.total {
             let count = min(Self.chunk, self.total - self.sent)
             let slice = TestData.slice(offset: self.sent, length: count)
             self.digest.update(slice)
