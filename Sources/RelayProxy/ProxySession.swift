@@ -58,8 +58,8 @@ final class ProxySession: Sendable {
         var link: DataLink?
         /// The data plane's run, once the client task started it.
         var running: (any PumpRunning)?
-        /// Why the machine asked for both connections to be reset, if it did.
-        var resetReason: String?
+        /// Whether the machine asked for both connections to be reset.
+        var resetAsked = false
     }
 
     let id: String
@@ -172,11 +172,11 @@ final class ProxySession: Sendable {
     /// The data plane runs the session's connections: a reset the machine asked for
     /// before this moment is carried out on the run now.
     func pumping(_ running: any PumpRunning) {
-        let reason = self.core.withLock { core in
+        let reset = self.core.withLock { core in
             core.running = running
-            return core.resetReason
+            return core.resetAsked
         }
-        if let reason { running.kill(reason: reason) }
+        if reset { running.kill(reason: self.end?.description ?? "reset") }
     }
 
     /// The session's connections are closed and forgotten.
@@ -240,7 +240,7 @@ final class ProxySession: Sendable {
                 self.promise.succeed(link)
             case .resetBoth:
                 let (data, running) = self.core.withLock { core in
-                    core.resetReason = core.resetReason ?? core.machine.end?.description ?? "reset"
+                    core.resetAsked = true
                     return (core.dataChannel, core.running)
                 }
                 self.clientSocket.reset()
