@@ -93,7 +93,7 @@ import Testing
                 "$.colour: unknown key (allowed: connectTimeoutSeconds, control, dataPlane, dataUserTimeoutSeconds, drainTimeoutSeconds, "
                     + "halfCloseTimeoutSeconds, heartbeatIntervalSeconds, heartbeatTimeoutSeconds, id, metrics, "
                     + "reconnectInitialDelaySeconds, reconnectMaxDelaySeconds, relay, removedServiceSessions, secret, "
-                    + "secretFile, services, tcpKeepaliveSeconds, tcpUserTimeoutSeconds)",
+                    + "secretFile, services, tcpKeepaliveSeconds, tcpUserTimeoutSeconds, tls)",
                 "$.relay: bad address 'relay.example.net': expected HOST:PORT",
                 "$.id: 'bad id' is not a valid name: use \(Self.nameRule)",
                 "$.secretFile: give either 'secret' or 'secretFile', not both",

@@ -91,7 +91,7 @@ import Testing
                 "$.lisen: unknown key (allowed: agents, attachTimeoutSeconds, control, dataPlane, dataUserTimeoutSeconds, drainTimeoutSeconds, "
                     + "halfCloseTimeoutSeconds, handshakeTimeoutSeconds, heartbeatIntervalSeconds, heartbeatTimeoutSeconds, "
                     + "listen, metrics, removedServiceSessions, secretRotationGraceSeconds, services, "
-                    + "tcpKeepaliveSeconds, tcpUserTimeoutSeconds)",
+                    + "tcpKeepaliveSeconds, tcpUserTimeoutSeconds, tls)",
                 "$.agents[0].secert: unknown key (allowed: id, secret, secretFile)",
                 "$.services[0].target: unknown key (allowed: agent, listen, name)",
             ])
