@@ -32,7 +32,10 @@ public struct ConnectAge: Sendable {
     public func lag(at: UInt64, receivedAt: UInt64) -> Int64 {
         let offset = Self.offset(at: at, receivedAt: receivedAt)
         guard let baseline = self.baseline else { return 0 }
-        return max(0, offset - baseline)
+        // Stamps come from the peer: any values, so no arithmetic may trap.
+        let (difference, overflow) = offset.subtractingReportingOverflow(baseline)
+        if overflow { return offset > baseline ? .max : 0 }
+        return max(0, difference)
     }
 
     /// Whether `connect` arrived after the relay stopped waiting for it: its lag exceeds its
