@@ -57,7 +57,7 @@ struct SessionRunner {
             handle: handle)
         guard attach, let data = session.dataLinkForAttach, let target = session.targetSocket else { return }
 
-        if let rejected = await self.attach(connect, link: data, timeout: timeout) {
+        if let rejected = await self.attach(connect, secret: control.secret, link: data, timeout: timeout) {
             handle(.attachRejected(rejected))
             return
         }
@@ -170,10 +170,15 @@ struct SessionRunner {
     /// Sends `attach` and reads the relay's answer within `timeout`: nil if accepted, else
     /// why not ("relay refused the data channel: …"). Bytes past the answer stay with the
     /// link (a socket's ``OwnedSocket/pending``, a TLS connection's reader).
-    private func attach(_ connect: ControlMessage.Connect, link: SessionLink, timeout: Duration) async -> String? {
+    private func attach(
+        _ connect: ControlMessage.Connect, secret: Secret, link: SessionLink, timeout: Duration
+    ) async -> String? {
         let deadline = ContinuousClock.now + timeout
-        let line = ControlCodec.encode(.attach(.init(session: connect.session, token: connect.token)))
         let reply: ControlMessage?
+        // The token alone would be a bearer secret: the proof binds the data channel to the
+        // secret this agent's control channel authenticated with.
+        let proof = Authenticator.attachProof(secret: secret, session: connect.session, token: connect.token)
+        let line = ControlCodec.encode(.attach(.init(session: connect.session, token: connect.token, proof: proof)))
         do {
             switch link {
             case .socket(let socket):

@@ -110,7 +110,7 @@ struct AgentPort {
         }
         guard attach.version == ProtocolLimits.version else {
             return await refuse(
-                ProtocolError(.unsupportedVersion, "this relay speaks protocol version \(ProtocolLimits.version)"))
+                ProtocolError(.unsupportedVersion, ProxyControlStateMachine.versionMismatch(attach.version)))
         }
         guard let session = self.state.session(attach.session) else {
             return await refuse(ProtocolError(.unknownSession, "no pending session with this id"))
@@ -118,7 +118,7 @@ struct AgentPort {
         if let identity, let problem = await identity(session.agent) {
             return await refuse(ProtocolError(.authFailed, problem))
         }
-        switch session.claim(token: attach.token, dataChannel: link) {
+        switch session.claim(attach, dataChannel: link) {
         case .notPending(let error), .badToken(let error):
             return await refuse(error)
         case .claimed:
