@@ -55,6 +55,10 @@ public struct AgentConfig: Sendable, DaemonSettings {
     /// read at start, kept until a restart.
     public var dataPlane = DataPlaneKind.default
 
+    /// TLS 1.3 on the agent port (`tls`: how the relay is verified, and a client certificate
+    /// for mutual TLS); nil: plaintext. A reload re-reads its files for the connections after it.
+    public var tls: AgentTLS? = nil
+
     /// The limits a session opened now runs with.
     public var pumpLimits: PumpLimits { PumpLimits(halfCloseTimeoutSeconds: self.halfCloseTimeout) }
 
@@ -63,7 +67,7 @@ public struct AgentConfig: Sendable, DaemonSettings {
         "heartbeatTimeoutSeconds", "connectTimeoutSeconds", "reconnectInitialDelaySeconds",
         "reconnectMaxDelaySeconds", "drainTimeoutSeconds", "metrics",
     ])
-    .union(ConfigReader.tcpTuningKeys).union(["halfCloseTimeoutSeconds", "removedServiceSessions", "dataPlane"])
+    .union(ConfigReader.tcpTuningKeys).union(["halfCloseTimeoutSeconds", "removedServiceSessions", "dataPlane", "tls"])
 
     /// Reads and validates the file at `path`; the error lists every problem with its JSON path.
     public static func load(path: String) throws(ConfigError) -> AgentConfig {
@@ -118,6 +122,7 @@ public struct AgentConfig: Sendable, DaemonSettings {
         let removedRule = reader.removedServiceRule(root)
         let halfClose = reader.halfCloseTimeout(root)
         let dataPlane = reader.dataPlane(root)
+        let tls = reader.agentTLS(root, relayHost: relay?.host)
 
         guard let relay, let id, let secret, reader.problems.isEmpty else { return nil }
         return AgentConfig(
@@ -136,7 +141,8 @@ public struct AgentConfig: Sendable, DaemonSettings {
             tcp: tcp,
             halfCloseTimeout: halfClose,
             removedServiceSessions: removedRule,
-            dataPlane: dataPlane
+            dataPlane: dataPlane,
+            tls: tls
         )
     }
 

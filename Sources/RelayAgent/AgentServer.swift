@@ -62,6 +62,7 @@ public final class AgentServer: Service, Sendable {
                 "services": "\(config.services.count)",
             ]
         )
+        TLSNotes.logAtStart(config.tls?.summary, logger: self.logger)
         // The data plane's loops and the readiness loop start now, not at the first session.
         _ = SocketIO.readiness
         let runner = SessionRunner(
@@ -107,7 +108,7 @@ public final class AgentServer: Service, Sendable {
             do {
                 let connection = try await Network.dial(
                     config.relay, timeout: .fromSeconds(config.connectTimeout), group: self.group, tuning: config.tcp,
-                    role: .control)
+                    role: .control, tls: config.tls)
                 guard self.state.setControlChannel(connection.channel) else {
                     // Shutting down: close it the only way an NIOAsyncChannel may be dropped.
                     try? await connection.executeThenClose { _, _ in }
@@ -143,6 +144,9 @@ public final class AgentServer: Service, Sendable {
                     attempt = 0
                     if ContinuousClock.now - started >= .seconds(Self.stableConnectionSeconds) { backoff.reset() }
                 }
+            } catch let failure as TLSFailure {
+                // "relay 127.0.0.1:7835 failed TLS verification: …": the relay is not talked to.
+                reason = failure.description
             } catch {
                 reason = "cannot connect to \(config.relay): \(Network.describe(error))"
             }
@@ -247,6 +251,7 @@ public final class AgentServer: Service, Sendable {
                 ("reconnectInitialDelaySeconds", old.reconnectInitialDelay, new.reconnectInitialDelay),
                 ("reconnectMaxDelaySeconds", old.reconnectMaxDelay, new.reconnectMaxDelay),
             ])
+        if let change = TLSNotes.reloadChange(old: old.tls?.summary, new: new.tls?.summary) { changes.append(change) }
         self.state.config = new
         if reconnect {
             // A fresh control channel registers the new identity and services; sessions go on.

@@ -46,12 +46,13 @@ struct ClientHandler {
             )
             return
         }
-        logger.info("session attached", metadata: ["data": "\(data.socket.remote)"])
+        logger.info("session attached", metadata: ["data": "\(data.link.remote)"])
 
         // S11–S20: the session joined client and data channel on the data plane when the data
         // channel was attached; the client's early bytes waited in its socket until then.
         let running =
-            data.running ?? self.dataPlane.start(socket, data.socket, meter: session.meter, limits: session.pumpLimits)
+            data.running
+            ?? self.dataPlane.start(.socket(socket), data.link, meter: session.meter, limits: session.pumpLimits)
         if data.running == nil { session.pumping(running) }
         switch await running.outcome {
         case .finished:

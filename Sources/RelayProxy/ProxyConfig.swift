@@ -69,6 +69,10 @@ public struct ProxyConfig: Sendable, DaemonSettings {
     /// read at start, kept until a restart.
     public var dataPlane = DataPlaneKind.default
 
+    /// TLS 1.3 on the agent port (`tls`: the relay's certificate and key, and `clientCA` for
+    /// mutual TLS); nil: plaintext. A reload re-reads its files for the connections after it.
+    public var tls: ProxyTLS? = nil
+
     /// The limits a session opened now runs with.
     public var pumpLimits: PumpLimits { PumpLimits(halfCloseTimeoutSeconds: self.halfCloseTimeout) }
 
@@ -78,7 +82,7 @@ public struct ProxyConfig: Sendable, DaemonSettings {
         "handshakeTimeoutSeconds", "attachTimeoutSeconds", "drainTimeoutSeconds", "metrics",
     ])
     .union(ConfigReader.tcpTuningKeys).union([
-        "halfCloseTimeoutSeconds", "removedServiceSessions", "secretRotationGraceSeconds", "dataPlane",
+        "halfCloseTimeoutSeconds", "removedServiceSessions", "secretRotationGraceSeconds", "dataPlane", "tls",
     ])
 
     /// Reads and validates the file at `path`; the error lists every problem with its JSON path.
@@ -153,6 +157,7 @@ public struct ProxyConfig: Sendable, DaemonSettings {
             root, "secretRotationGraceSeconds", at: "$", default: Self.defaultSecretRotationGrace, range: 0...604800)
         let halfClose = reader.halfCloseTimeout(root)
         let dataPlane = reader.dataPlane(root)
+        let tls = reader.proxyTLS(root)
 
         guard let listen, reader.problems.isEmpty else { return nil }
         return ProxyConfig(
@@ -170,7 +175,8 @@ public struct ProxyConfig: Sendable, DaemonSettings {
             halfCloseTimeout: halfClose,
             secretRotationGrace: grace,
             removedServiceSessions: removedRule,
-            dataPlane: dataPlane
+            dataPlane: dataPlane,
+            tls: tls
         )
     }
 

@@ -80,6 +80,7 @@ public final class ProxyServer: Service, Sendable {
                 "services": "\(config.services.count)",
             ]
         )
+        TLSNotes.logAtStart(config.tls?.summary, logger: self.logger)
         // The data plane's loops and the readiness loop start now, not at the first session.
         let dataPlane = self.dataPlane ?? config.dataPlane.make(group: self.group)
         _ = SocketIO.readiness
@@ -222,6 +223,7 @@ public final class ProxyServer: Service, Sendable {
                 "heartbeats every \(ReloadOutcome.seconds(new.heartbeatInterval)), timeout \(ReloadOutcome.seconds(new.heartbeatTimeout)) (connected agents too)"
             )
         }
+        if let change = TLSNotes.reloadChange(old: old.tls?.summary, new: new.tls?.summary) { changes.append(change) }
         let before = new.metrics
         changes += new.reloadChanges(
             from: old,

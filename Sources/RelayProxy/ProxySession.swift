@@ -12,9 +12,9 @@ typealias SessionFailure = SessionEndReason
 
 /// The data channel handed from the agent port to the waiting client task.
 struct DataLink: Sendable {
-    /// The data channel, past its `attach` line; what the agent sent after that line is its
-    /// ``OwnedSocket/pending``.
-    let socket: OwnedSocket
+    /// The data channel, past its `attach` line: an owned socket (what the agent sent after
+    /// that line is its ``OwnedSocket/pending``), or a TLS connection in NIO.
+    let link: SessionLink
     /// The data plane's run, when the session started it at the join (it does when it was
     /// given a data plane): the client task then only awaits it.
     var running: (any PumpRunning)? = nil
@@ -35,7 +35,7 @@ final class ProxySession: Sendable {
         /// Waiting for the agent's data channel.
         case pending
         /// Joined (or being joined) to this data channel.
-        case open(dataChannel: OwnedSocket)
+        case open(dataChannel: SessionLink)
         /// Ended, or failed before it opened.
         case closed
     }
@@ -52,7 +52,7 @@ final class ProxySession: Sendable {
 
     private struct Core {
         var machine: SessionStateMachine
-        var dataChannel: OwnedSocket?
+        var dataChannel: SessionLink?
         var attachTimer: Deadline?
         /// The data channel, ready to pump, between ``join(_:)`` and `startPumping`.
         var link: DataLink?
@@ -122,7 +122,7 @@ final class ProxySession: Sendable {
     }
 
     /// Accepts an attach once, only while waiting, only with the right token (constant time).
-    func claim(token: String, dataChannel: OwnedSocket) -> ClaimResult {
+    func claim(token: String, dataChannel: SessionLink) -> ClaimResult {
         let matches = Tokens.matches(token, self.token)
         let actions = self.core.withLock { core in
             let actions = core.machine.handle(.dataChannelArrived(tokenMatches: matches))
@@ -233,7 +233,7 @@ final class ProxySession: Sendable {
                 // only to await the outcome, not on the way of the session's first byte.
                 if let dataPlane = self.dataPlane {
                     let running = dataPlane.start(
-                        self.clientSocket, link.socket, meter: self.meter, limits: self.pumpLimits)
+                        .socket(self.clientSocket), link.link, meter: self.meter, limits: self.pumpLimits)
                     link.running = running
                     self.pumping(running)
                 }

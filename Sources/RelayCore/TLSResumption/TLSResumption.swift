@@ -33,12 +33,16 @@ public final class TLSResumption: Sendable {
     /// Handshakes made in full (no ticket, a ticket refused, or resumption off).
     public var fullHandshakes: Int { fullCount.load(ordering: .relaxed) }
 
-    public init(context: NIOSSLContext, cache: TLSSessionCache = TLSSessionCache()) {
+    /// `enabled` false: every handshake is a full one (still counted), as with `tls.resumption`
+    /// false in relay-agent.json.
+    public init(context: NIOSSLContext, enabled: Bool = true, cache: TLSSessionCache = TLSSessionCache()) {
         self.context = context
         self.cache = cache
         var reason: String? = nil
         var address: UInt = 0
-        if relay_tls_setup(tlsTicketArrived, tlsTicketSinkReleased) != 1 {
+        if !enabled {
+            reason = "turned off (tls.resumption is false)"
+        } else if relay_tls_setup(tlsTicketArrived, tlsTicketSinkReleased) != 1 {
             reason = "BoringSSL has no ex_data index left"
         } else if let probe = try? NIOSSLClientHandler(context: context, serverHostname: nil),
             let ssl = NIOSSLInternals.sslPointer(of: probe),

@@ -72,7 +72,7 @@ extension IOTests {
                         }
                         let joined = state.openSession(
                             service: "web", agent: "office", client: "j", clientSocket: client)
-                        guard case .claimed = joined.claim(token: joined.token, dataChannel: dataSocket) else {
+                        guard case .claimed = joined.claim(token: joined.token, dataChannel: .socket(dataSocket)) else {
                             Issue.record("claim failed")
                             return
                         }
@@ -123,11 +123,11 @@ extension IOTests {
                         service: "web", agent: "office", client: "a", clientSocket: client)
                     let other = state.openSession(
                         service: "web", agent: "office", client: "b", clientSocket: client)
-                    if case .badToken = session.claim(token: other.token, dataChannel: data) {
+                    if case .badToken = session.claim(token: other.token, dataChannel: .socket(data)) {
                     } else {
                         Issue.record("another session's token was accepted")
                     }
-                    if case .badToken = session.claim(token: "", dataChannel: data) {
+                    if case .badToken = session.claim(token: "", dataChannel: .socket(data)) {
                     } else {
                         Issue.record("an empty token was accepted")
                     }
@@ -136,7 +136,7 @@ extension IOTests {
                     let results = await withTaskGroup(of: Bool.self) { group in
                         for _ in 0..<8 {
                             group.addTask {
-                                if case .claimed = session.claim(token: session.token, dataChannel: data) {
+                                if case .claimed = session.claim(token: session.token, dataChannel: .socket(data)) {
                                     return true
                                 }
                                 return false
@@ -146,19 +146,19 @@ extension IOTests {
                     }
                     let winners = results.filter { $0 }
                     #expect(winners.count == 1)
-                    if case .open(let channel) = session.phase {
+                    if case .open(.socket(let channel)) = session.phase {
                         #expect(channel === data)
                     } else {
                         Issue.record("a claimed session is not open")
                     }
-                    if case .notPending = session.claim(token: session.token, dataChannel: data) {
+                    if case .notPending = session.claim(token: session.token, dataChannel: .socket(data)) {
                     } else {
                         Issue.record("a session was claimed twice")
                     }
                     #expect(!session.fail(.killed), "an attached session can no longer fail as pending")
                     // A session that failed cannot be claimed.
                     #expect(other.fail(.attachTimeout(1)))
-                    if case .notPending = other.claim(token: other.token, dataChannel: data) {
+                    if case .notPending = other.claim(token: other.token, dataChannel: .socket(data)) {
                     } else {
                         Issue.record("a failed session was claimed")
                     }
@@ -186,7 +186,7 @@ extension IOTests {
                 try await Loopback.withAcceptedSocket { agent, data in
                     let session = state.openSession(
                         service: "web", agent: "office", client: "a", clientSocket: client)
-                    guard case .claimed = session.claim(token: session.token, dataChannel: data) else {
+                    guard case .claimed = session.claim(token: session.token, dataChannel: .socket(data)) else {
                         Issue.record("claim failed")
                         return
                     }
@@ -252,7 +252,7 @@ extension IOTests {
                 try await Loopback.withAcceptedSocket { relayPeer, data in
                     let session = Self.agentSession("a1", state)
                     session.adoptTarget(target)
-                    session.adoptData(data)
+                    session.adoptData(.socket(data))
                     #expect(session.targetSocket === target)
                     session.handle(.kill)
                     #expect(session.end?.description == "killed by operator")
