@@ -43,7 +43,7 @@ let package = Package(
         .target(
             name: "RelayCore",
             dependencies: [
-                "RelaySupport", "RelayProtocol", "RelayControl", "RelayDataPlane",
+                "RelaySupport", "RelayProtocol", "RelayControl", "RelayDataPlane", "CRelayTLS",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOTLS", package: "swift-nio"),
@@ -95,6 +95,9 @@ let package = Package(
         // The splice(2) data plane: epoll loops on their own threads that join plain sockets in
         // the kernel (socket -> pipe -> socket). No NIO; Linux only.
         .target(name: "RelayDataPlane", dependencies: ["CDataPlane"]),
+        // BoringSSL's session calls (the copy swift-nio-ssl links) for TLS 1.3 resumption on the
+        // agent: docs/architecture.md, "TLS session resumption".
+        .target(name: "CRelayTLS"),
         // The real libsystemd (Debian: libsystemd-dev), and a small Swift API over it.
         .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
         .target(name: "RelaySystemd", dependencies: ["CSystemd", "RelayControl", "RelayCore"]),
@@ -145,6 +148,7 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOTLS", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "X509", package: "swift-certificates"),

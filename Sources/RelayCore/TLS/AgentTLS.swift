@@ -8,7 +8,7 @@ import NIOSSL
 /// channel; a reload builds a new one for the connections dialled after it.
 public struct AgentTLS: Sendable, TLSSide {
     /// The keys an agent `tls` object may hold.
-    public static let keys: Set<String> = ["ca", "serverName", "pin", "certificate", "key"]
+    public static let keys: Set<String> = ["ca", "serverName", "pin", "certificate", "key", "resumption"]
 
     /// The CA file (PEM) that replaces the system trust store; nil: the system trust store
     /// (or, with only `pin`, no chain check at all).
@@ -22,6 +22,9 @@ public struct AgentTLS: Sendable, TLSSide {
     public let keyPath: String?
     /// The context every connection to the relay starts its handshake with.
     let context: NIOSSLContext
+    /// TLS 1.3 session resumption with the relay's tickets, for this context (each data
+    /// channel is a new connection: docs/architecture.md, "TLS session resumption").
+    public let resumption: TLSResumption
 
     /// Whether the relay's chain and name are checked (not with a pin alone).
     public var verifiesChain: Bool { self.caPath != nil || self.pin == nil }
@@ -62,6 +65,13 @@ public struct AgentTLS: Sendable, TLSSide {
             additionalPeerCertificateVerificationCallback: { certificate, channel in
                 channel.eventLoop.makeCompletedFuture { try self.check(certificate) }
             })
+    }
+
+    /// Readies a handler from ``makeHandler(slot:)`` to resume a session with one of the
+    /// relay's tickets; the handler it returns counts whether it did.
+    public func companion(for handler: any ChannelHandler) -> (any ChannelHandler)? {
+        guard let client = handler as? NIOSSLClientHandler else { return nil }
+        return self.resumption.prepare(client)
     }
 
     /// The checks after the chain (which the TLS library did against `ca` or the system
@@ -144,6 +154,12 @@ extension ConfigReader {
             let name = serverName ?? relayHost
         else { return nil }
 
+        var resumes = true
+        switch object["resumption"] {
+        case nil: break
+        case .bool(let value)?: resumes = value
+        case let value?: self.problem("\(path).resumption", "must be true or false, not \(value.kindDescription)")
+        }
         var configuration = TLSConfiguration.makeClientConfiguration()
         configuration.minimumTLSVersion = .tlsv13
         configuration.maximumTLSVersion = .tlsv13
@@ -174,6 +190,6 @@ extension ConfigReader {
         }
         return AgentTLS(
             caPath: caPath, serverName: name, pin: pin, certificatePath: certificatePath, keyPath: keyPath,
-            context: context)
+            context: context, resumption: TLSResumption(context: context, enabled: resumes))
     }
 }

@@ -12,6 +12,13 @@ public protocol TLSSide: Sendable {
     func makeHandler(slot: TLSHandshakeSlot) throws -> any ChannelHandler
     /// A failed handshake with `peer`, as the one log line that says why.
     func explain(_ error: any Error, peer: String) -> String
+    /// A handler to put right after `handler` (made by ``makeHandler(slot:)``, not yet in a
+    /// pipeline), if any: the agent's resumption recorder.
+    func companion(for handler: any ChannelHandler) -> (any ChannelHandler)?
+}
+
+extension TLSSide {
+    public func companion(for handler: any ChannelHandler) -> (any ChannelHandler)? { nil }
 }
 
 /// Completes when the TLS handshake of its channel is done, or fails with its error.
@@ -69,7 +76,10 @@ extension Network {
     static func addTLS(_ tls: any TLSSide, to channel: any Channel, slot: TLSHandshakeSlot) throws {
         let operations = channel.pipeline.syncOperations
         let watcher = TLSHandshakeWatcher(eventLoop: channel.eventLoop)
-        try operations.addHandler(try tls.makeHandler(slot: slot))
+        let handler = try tls.makeHandler(slot: slot)
+        let companion = tls.companion(for: handler)
+        try operations.addHandler(handler)
+        if let companion { try operations.addHandler(companion) }
         try operations.addHandler(watcher)
         slot.value = watcher.done
     }
