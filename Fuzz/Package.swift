@@ -18,9 +18,12 @@ let package = Package(
             dependencies: [
                 .product(name: "RelayFuzzable", package: "relay"),
                 .product(name: "NIOCore", package: "swift-nio"),
+                "CLibFuzzer",
             ],
             path: "Sources/RelayFuzz"
-        )
+        ),
+        // The declaration of LLVMFuzzerRunDriver.
+        .target(name: "CLibFuzzer"),
     ],
     swiftLanguageModes: [.v6]
 )

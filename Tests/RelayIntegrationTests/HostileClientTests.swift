@@ -44,7 +44,10 @@ struct HostileClientTests {
     }
 
     final class Flag: Sendable {
+        /// The connection ended (the daemon closed it, or we did).
         let value = Atomic<Bool>(false)
+        /// We closed it: our patience ran out first.
+        let gaveUp = Atomic<Bool>(false)
     }
 
     /// A small deterministic generator, so a failing storm can be replayed from its seed.
@@ -121,7 +124,8 @@ struct HostileClientTests {
                 }
                 // Our patience: after it, we close.
                 group.addTask {
-                    try? await Task.sleep(for: patience)
+                    guard (try? await Task.sleep(for: patience)) != nil else { return }
+                    closedByDaemon.gaveUp.store(true, ordering: .relaxed)
                     channel.close(promise: nil)
                 }
                 await group.next()
@@ -129,7 +133,7 @@ struct HostileClientTests {
                 group.cancelAll()
             }
         }
-        return closedByDaemon.value.load(ordering: .relaxed)
+        return closedByDaemon.value.load(ordering: .relaxed) && !closedByDaemon.gaveUp.load(ordering: .relaxed)
     }
 
     /// The attacks on one door; `forged` adds attaches and hellos for the agent port.

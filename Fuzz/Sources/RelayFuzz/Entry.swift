@@ -1,3 +1,4 @@
+import CLibFuzzer
 import Glibc
 
 /// The fuzz targets by name (`RELAY_FUZZ_TARGET`); each takes one input and traps on a broken invariant.
@@ -12,24 +13,25 @@ let targets: [String: @Sendable ([UInt8]) -> Void] = [
 
 nonisolated(unsafe) var selected: (@Sendable ([UInt8]) -> Void)?
 
-/// libFuzzer calls this once before the first input: picks the target from the environment.
-@_cdecl("LLVMFuzzerInitialize")
-public func initialize(
-    _ argc: UnsafeMutablePointer<CInt>,
-    _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>
-) -> CInt {
-    guard let name = getenv("RELAY_FUZZ_TARGET").map({ String(cString: $0) }), let target = targets[name] else {
-        let names = targets.keys.sorted().joined(separator: ", ")
-        say("relay-fuzz: set RELAY_FUZZ_TARGET to one of: \(names)")
-        exit(64)
+/// Picks the target from the environment and hands over to libFuzzer's driver. (SwiftPM links
+/// every executable with a main of its own, so libFuzzer's main is not used.)
+@main
+enum RelayFuzz {
+    static func main() {
+        guard let name = getenv("RELAY_FUZZ_TARGET").map({ String(cString: $0) }), let target = targets[name] else {
+            say("relay-fuzz: set RELAY_FUZZ_TARGET to one of: \(targets.keys.sorted().joined(separator: ", "))")
+            exit(64)
+        }
+        selected = target
+        var argc = CommandLine.argc
+        var argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? = CommandLine.unsafeArgv
+        exit(LLVMFuzzerRunDriver(&argc, &argv, testOneInput))
     }
-    selected = target
-    return 0
 }
 
-/// libFuzzer's entry point: one input.
+/// One input. Also exported under libFuzzer's name, which its runtime refers to.
 @_cdecl("LLVMFuzzerTestOneInput")
-public func testOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
+func testOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     let bytes = data.map { Array(UnsafeBufferPointer(start: $0, count: size)) } ?? []
     selected?(bytes)
     return 0
