@@ -59,7 +59,7 @@ public struct AgentConfig: Sendable, DaemonSettings {
     public var pumpLimits: PumpLimits { PumpLimits(halfCloseTimeoutSeconds: self.halfCloseTimeout) }
 
     static let topLevelKeys: Set<String> = Set([
-        "relay", "id", "secret", "secretFile", "control", "services", "heartbeatIntervalSeconds",
+        "relay", "id", "secret", "secretFile", "secretCredential", "control", "services", "heartbeatIntervalSeconds",
         "heartbeatTimeoutSeconds", "connectTimeoutSeconds", "reconnectInitialDelaySeconds",
         "reconnectMaxDelaySeconds", "drainTimeoutSeconds", "metrics",
     ])

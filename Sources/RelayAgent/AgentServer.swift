@@ -132,7 +132,10 @@ public final class AgentServer: Service, Sendable {
                         self.state.connection = .connected(since: Date())
                         self.attempts.withLock { $0 = 0 }
                     },
-                    onConnect: { [requestInput] in requestInput.yield(($0, $1)) }
+                    onConnect: { [requestInput] in requestInput.yield(($0, $1)) },
+                    onExpired: { [state = self.state] in
+                        state.telemetry.service($0.service).sessionRefused(reason: "connect_expired")
+                    }
                 )
                 self.currentControl.withLock { $0 = control }
                 let outcome = await control.run(connection)

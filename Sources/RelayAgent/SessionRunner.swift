@@ -58,7 +58,9 @@ struct SessionRunner {
         guard attach, let data = session.dataSocketForAttach, let target = session.targetSocket else { return }
 
         var reader = HandshakeReader()
-        if let rejected = await self.attach(connect, socket: data, reader: &reader, timeout: timeout) {
+        if let rejected = await self.attach(
+            connect, secret: control.secret, socket: data, reader: &reader, timeout: timeout)
+        {
             handle(.attachRejected(rejected))
             return
         }
@@ -154,14 +156,18 @@ struct SessionRunner {
     /// Sends `attach` and reads the relay's answer within `timeout`: nil if accepted, else
     /// why not ("relay refused the data channel: …").
     private func attach(
-        _ connect: ControlMessage.Connect, socket: OwnedSocket, reader: inout HandshakeReader, timeout: Duration
+        _ connect: ControlMessage.Connect, secret: Secret, socket: OwnedSocket, reader: inout HandshakeReader,
+        timeout: Duration
     ) async -> String? {
         let deadline = ContinuousClock.now + timeout
         let reply: ControlMessage?
+        // The token alone would be a bearer secret: the proof binds the data channel to the
+        // secret this agent's control channel authenticated with.
+        let proof = Authenticator.attachProof(secret: secret, session: connect.session, token: connect.token)
         do {
             try await SocketIO.write(
-                ControlCodec.encode(.attach(.init(session: connect.session, token: connect.token))), to: socket,
-                until: deadline)
+                ControlCodec.encode(.attach(.init(session: connect.session, token: connect.token, proof: proof))),
+                to: socket, until: deadline)
             reply = try await reader.readMessage(from: socket, until: deadline)
         } catch let error as ProtocolError {
             return "bad answer to attach: \(error)"

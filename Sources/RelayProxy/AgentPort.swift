@@ -88,12 +88,12 @@ struct AgentPort {
         }
         guard attach.version == ProtocolLimits.version else {
             return await refuse(
-                ProtocolError(.unsupportedVersion, "this relay speaks protocol version \(ProtocolLimits.version)"))
+                ProtocolError(.unsupportedVersion, ProxyControlStateMachine.versionMismatch(attach.version)))
         }
         guard let session = self.state.session(attach.session) else {
             return await refuse(ProtocolError(.unknownSession, "no pending session with this id"))
         }
-        switch session.claim(token: attach.token, dataChannel: socket) {
+        switch session.claim(attach, dataChannel: socket) {
         case .notPending(let error), .badToken(let error):
             await refuse(error)
         case .claimed:

@@ -25,15 +25,19 @@ struct ClientHandler {
             return
         }
         let session = self.state.openSession(
-            service: service, agent: link.id, client: client, clientSocket: socket, dataPlane: self.dataPlane)
+            service: service, agent: link.id, client: client, clientSocket: socket,
+            attachSecret: link.provedSecret ?? Authenticator.dummySecret, dataPlane: self.dataPlane)
         defer { self.state.removeSession(session) }
         logger[metadataKey: "session"] = "\(session.id)"
         logger.info("session open", metadata: ["service": "\(service)", "client": "\(client)", "agent": "\(link.id)"])
 
         // S7: ask the agent; S8–S10 happen there; wait for the data channel or a reason
         // (the session's attach timer runs since it opened).
+        // `at` is stamped as the message is queued; `expiresIn` tells the agent when the
+        // session stops waiting, so that a stalled agent drops it instead of dialling.
         let connect = ControlMessage.Connect(
-            session: session.id, service: service, token: session.token, client: client)
+            session: session.id, service: service, token: session.token, client: client,
+            expiresIn: UInt64(session.attachTimeout * 1000))
         if !link.send(.connect(connect)) { session.handle(.connectNotSent) }
         let data: DataLink
         do {

@@ -98,7 +98,7 @@ public struct ProxyConfig: Sendable, DaemonSettings {
         var agents: [Agent] = []
         var agentPaths: [String: String] = [:]
         for (path, object) in reader.objects(root, "agents", at: "$") {
-            reader.rejectUnknownKeys(object, at: path, allowed: ["id", "secret", "secretFile"])
+            reader.rejectUnknownKeys(object, at: path, allowed: ["id", "secret", "secretFile", "secretCredential"])
             let id = reader.name(object, "id", at: path)
             let secret = reader.secret(object, at: path)
             guard let id else { continue }

@@ -116,14 +116,16 @@ final class ProxyState: Sendable {
     /// Creates and records a session with a fresh id, unique among live sessions, and starts
     /// it (its attach timer runs); the caller sends its `connect`.
     func openSession(
-        service: String, agent: String, client: String, clientSocket: OwnedSocket, dataPlane: (any DataPlane)? = nil
+        service: String, agent: String, client: String, clientSocket: OwnedSocket, attachSecret: Secret,
+        dataPlane: (any DataPlane)? = nil
     ) -> ProxySession {
         self.store.withLock { store in
             var id = SessionIDs.make()
             while store.sessions[id] != nil { id = SessionIDs.make() }
             let session = ProxySession(
                 id: id, service: service, agent: agent, client: client, clientSocket: clientSocket,
-                telemetry: self.telemetry.service(service), attachTimeout: store.config.attachTimeout,
+                attachSecret: attachSecret, telemetry: self.telemetry.service(service),
+                attachTimeout: store.config.attachTimeout,
                 halfCloseTimeout: store.config.halfCloseTimeout, dataPlane: dataPlane)
             store.sessions[id] = session
             session.telemetry.sessionOpened()

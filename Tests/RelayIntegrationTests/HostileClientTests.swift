@@ -158,20 +158,35 @@ struct HostileClientTests {
                 let token = (0..<43).map { _ in
                     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".randomElement(using: &random)!
                 }
+                let forged = (0..<64).map { _ in "0123456789abcdef".randomElement(using: &random)! }
                 attacks.append(
-                    .lines([#"{"type":"attach","version":1,"session":"\#(session)","token":"\#(String(token))"}"#]))
+                    .lines([
+                        #"{"type":"attach","version":2,"session":"\#(session)","token":"\#(String(token))","proof":"\#(String(forged))"}"#
+                    ]))
             }
             let proof = (0..<64).map { _ in "0123456789abcdef".randomElement(using: &random)! }
             attacks += [
                 .lines([
-                    #"{"type":"hello","version":1,"agent":"office"}"#, #"{"type":"auth","proof":"\#(String(proof))"}"#,
+                    #"{"type":"hello","version":2,"agent":"office","nonce":"AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA="}"#,
+                    #"{"type":"auth","proof":"\#(String(proof))"}"#,
                 ]),
-                .lines([#"{"type":"hello","version":1,"agent":"stranger"}"#, #"{"type":"auth","proof":"00"}"#]),
-                .lines([#"{"type":"hello","version":1,"agent":"office"}"#, #"{"type":"register","services":["web"]}"#]),
+                .lines([
+                    #"{"type":"hello","version":2,"agent":"stranger","nonce":"AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA="}"#,
+                    #"{"type":"auth","proof":"00"}"#,
+                ]),
+                .lines([
+                    #"{"type":"hello","version":2,"agent":"office","nonce":"AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA="}"#,
+                    #"{"type":"register","services":["web"]}"#,
+                ]),
                 .lines([#"{"type":"connect","session":"00","service":"web","token":"x","client":"1.2.3.4:5"}"#]),
             ]
         }
-        for _ in 0..<4 { attacks.append(.drip(#"{"type":"hello","version":1,"agent":"office"}"#)) }
+        for _ in 0..<4 {
+            attacks.append(
+                .drip(
+                    #"{"type":"hello","version":2,"agent":"office","nonce":"AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA="}"#
+                ))
+        }
         for _ in 0..<6 { attacks.append(.halfOpen(#"{"type":"hel"#)) }
         return attacks.map { (door, $0, random.next()) }
     }

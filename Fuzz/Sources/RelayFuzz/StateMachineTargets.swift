@@ -1,11 +1,12 @@
 import RelayProtocol
 
 /// The relay's control-channel machine fed any sequence of lines: it never traps, stays
-/// closed once closed, and only a right proof authenticates. The nonce is fixed, so a seed can
-/// carry the right proof and the fuzzer can reach `register`, `refuse` and heartbeats.
+/// closed once closed, and only a right proof authenticates. The relay's nonce is fixed, so a
+/// seed can carry the right proof (the agent's nonce is in its `hello`) and the fuzzer can reach
+/// `register`, `refuse` and heartbeats.
 enum ProxyControlTarget {
     static let secret = Secret("fuzz-secret-of-office-0123456789")
-    static let nonce = "fuzz-nonce"
+    static let nonce = "ZnV6ei1yZWxheS1ub25jZQ=="
 
     static func run(_ bytes: [UInt8]) {
         var machine = ProxyControlStateMachine(
@@ -28,11 +29,14 @@ enum ProxyControlTarget {
     }
 }
 
-/// The agent's control-channel machine fed any sequence of lines from a relay.
+/// The agent's control-channel machine fed any sequence of lines from a relay: it never traps,
+/// stays closed once closed, passes on `connect` only for an offered service and only after
+/// the relay proved itself in `welcome` (its nonce is fixed, so a seed carries the right proof).
 enum AgentControlTarget {
     static func run(_ bytes: [UInt8]) {
         var machine = AgentControlStateMachine(
-            agentID: "office", secret: Secret("fuzz-secret-of-office-0123456789"), services: ["web", "ssh"])
+            agentID: "office", secret: ProxyControlTarget.secret, services: ["web", "ssh"],
+            agentNonce: "ZnV6ei1hZ2VudC1ub25jZQ==")
         _ = machine.start()
         for line in Lines.messages(bytes) {
             let wasClosed = machine.state == .closed
@@ -45,6 +49,7 @@ enum AgentControlTarget {
             for action in actions {
                 if case .connectRequested(let connect) = action {
                     check(["web", "ssh"].contains(connect.service), "asked to connect a service not offered")
+                    if case .ready = machine.state {} else { check(false, "a connect before registration") }
                 }
             }
         }
