@@ -8,6 +8,9 @@ let package = Package(
         .executable(name: "relay-proxy", targets: ["relay-proxy"]),
         .executable(name: "relay-agent", targets: ["relay-agent"]),
         .executable(name: "relayctl", targets: ["relayctl"]),
+        // Only for the fuzz targets of Fuzz/Package.swift (scripts/fuzz, docs/fuzzing.md).
+        .library(
+            name: "RelayFuzzable", targets: ["RelayProtocol", "RelayControl", "RelayCore", "RelayProxy", "RelayAgent"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),

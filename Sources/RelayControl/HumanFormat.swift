@@ -45,13 +45,16 @@ public enum HumanFormat {
 
     /// Rows under a header, each column as wide as its widest cell, two spaces apart; the
     /// columns in `rightAligned` are aligned right (numbers). `style` may colour a padded
-    /// cell (column, row, padded text); colouring after padding keeps the alignment.
+    /// cell (column, row, padded text); colouring after padding keeps the alignment. Cells are
+    /// printed with their control characters escaped (``TerminalText``).
     public static func table(
         _ header: [String],
         _ rows: [[String]],
         rightAligned: Set<Int> = [],
         style: (Int, Int, String) -> String = { _, _, text in text }
     ) -> String {
+        let header = header.map { TerminalText.escape($0) }
+        let rows = rows.map { $0.map { TerminalText.escape($0) } }
         var widths = header.map(\.count)
         for row in rows {
             for (index, cell) in row.enumerated() where index < widths.count {

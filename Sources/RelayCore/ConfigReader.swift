@@ -61,9 +61,11 @@ public final class ConfigReader {
     public static func load(path: String, package: String) throws(ConfigError) -> (ConfigReader, [String: JSONValue]) {
         let reader = ConfigReader(baseDirectory: PathString.directory(of: path))
         let data: Data
-        switch Self.readFile(path) {
+        switch Self.readFile(path, trusting: .config) {
         case .success(let bytes): data = bytes
-        case .failure(let reason):
+        case .failure(.untrusted(let reason)):
+            throw ConfigError(file: path, problems: [.init(path: "$", message: reason)])
+        case .failure(.unreadable(let reason)):
             throw ConfigError(
                 file: path, problems: [.init(path: "$", message: "cannot read the file: \(reason.description)")])
         }
@@ -215,7 +217,7 @@ public final class ConfigReader {
             source = (value, "secret")
         case (_, let file?, _):
             let full = file.hasPrefix("/") ? file : PathString.appending(file, to: self.baseDirectory)
-            guard let content = self.secretText(at: full, key: "\(path).secretFile") else { return nil }
+            guard let content = self.secretText(at: full, key: "\(path).secretFile", trusting: true) else { return nil }
             source = (content, "secretFile")
         case (_, _, let name?):
             guard Names.isValid(name) else {
@@ -251,13 +253,20 @@ public final class ConfigReader {
     }
 
     /// The trimmed text of a secret file, or nil after noting why it cannot be had.
-    private func secretText(at full: String, key: String) -> String? {
-        switch Self.readFile(full) {
+    /// `trusting`: a `secretFile`, whose owner and mode must pass ``FileTrust`` (a systemd
+    /// credential is the service's own, in a directory only it can read).
+    private func secretText(at full: String, key: String, trusting: Bool = false) -> String? {
+        let read: Result<Data, FileRefusal> =
+            trusting ? Self.readFile(full, trusting: .secret) : Self.readFile(full).mapError { .unreadable($0) }
+        switch read {
         case .success(let bytes):
             let text = String(decoding: bytes, as: UTF8.self).trimmingWhitespaceAndNewlines()
             if text.isEmpty { self.problem(key, "'\(full)' is empty") }
             return text.isEmpty ? nil : text
-        case .failure(let reason):
+        case .failure(.untrusted(let reason)):
+            self.problem(key, reason)
+            return nil
+        case .failure(.unreadable(let reason)):
             self.problem(key, "cannot read '\(full)': \(reason)")
             return nil
         }
@@ -268,21 +277,66 @@ public final class ConfigReader {
         if !self.problems.isEmpty { throw ConfigError(file: file, problems: self.problems) }
     }
 
+    /// Why a file of the config was not read.
+    public enum FileRefusal: Error {
+        /// The system could not read it, in its words ("no such file or directory").
+        case unreadable(DaemonError)
+        /// Its owner or mode breaks the rule of ``FileTrust`` (one line with the fix).
+        case untrusted(String)
+    }
+
+    /// Reads a whole file after checking, on the open descriptor, that its owner and mode
+    /// fit `kind` (see ``FileTrust``).
+    public static func readFile(_ path: String, trusting kind: FileTrust.Kind) -> Result<Data, FileRefusal> {
+        // O_NONBLOCK: a FIFO named here must not hang the daemon at open; it is refused below.
+        let descriptor = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
+        guard descriptor >= 0 else {
+            return .failure(.unreadable(DaemonError(String(cString: strerror(errno)).lowercased())))
+        }
+        defer { close(descriptor) }
+        var info = stat()
+        guard fstat(descriptor, &info) == 0 else {
+            return .failure(.unreadable(DaemonError(String(cString: strerror(errno)).lowercased())))
+        }
+        guard (info.st_mode & S_IFMT) == S_IFREG else {
+            let what =
+                (info.st_mode & S_IFMT) == S_IFDIR
+                ? String(cString: strerror(EISDIR)).lowercased() : "not a regular file"
+            return .failure(.unreadable(DaemonError(what)))
+        }
+        guard info.st_size <= Self.maxFileBytes else {
+            return .failure(.unreadable(DaemonError("larger than \(Self.maxFileBytes) bytes")))
+        }
+        if let problem = FileTrust.problem(kind, path: path, descriptor: descriptor) {
+            return .failure(.untrusted(problem))
+        }
+        return Self.read(descriptor, limit: Self.maxFileBytes).mapError { .unreadable($0) }
+    }
+
     /// Reads a whole file, or says why not in the system's words ("no such file or directory").
     public static func readFile(_ path: String) -> Result<Data, DaemonError> {
         let descriptor = open(path, O_RDONLY | O_CLOEXEC)
         guard descriptor >= 0 else { return .failure(DaemonError(String(cString: strerror(errno)).lowercased())) }
         defer { close(descriptor) }
+        return Self.read(descriptor)
+    }
+
+    /// The largest config or secret file read (1 MiB): a config names no device or endless file.
+    public static let maxFileBytes = 1 << 20
+
+    /// Reads what is left of the file open on `descriptor`, at most `limit` bytes.
+    private static func read(_ descriptor: Int32, limit: Int = .max) -> Result<Data, DaemonError> {
         var data = Data()
         var chunk = [UInt8](repeating: 0, count: 65536)
         while true {
-            let count = read(descriptor, &chunk, chunk.count)
+            let count = Glibc.read(descriptor, &chunk, chunk.count)
             if count < 0 {
                 if errno == EINTR { continue }
                 return .failure(DaemonError(String(cString: strerror(errno)).lowercased()))
             }
             if count == 0 { return .success(data) }
             data.append(contentsOf: chunk[0..<count])
+            if data.count > limit { return .failure(DaemonError("larger than \(limit) bytes")) }
         }
     }
 

@@ -53,6 +53,10 @@ struct ControlClient {
         guard var address = SocketFile.address(self.path) else {
             throw CtlError("cannot connect to \(self.path): path too long for a Unix socket", status: ExitStatus.usage)
         }
+        // Root believes only a socket no local user could have planted (see SocketTrust).
+        if geteuid() == 0, let problem = SocketTrust.clientProblem(self.path) {
+            throw CtlError(problem, status: ExitStatus.permissionDenied)
+        }
         let descriptor = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard descriptor >= 0 else {
             throw CtlError("cannot create a socket: \(Self.reason(errno))", status: ExitStatus.failure)

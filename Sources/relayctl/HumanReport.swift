@@ -3,32 +3,33 @@ import RelayControl
 
 /// relayctl's default output: what a person reads, in aligned columns.
 enum HumanReport {
+    // Every daemon-supplied string passes through `safe` (tables: HumanFormat.table) before it is printed.
     static func status(_ report: StatusReport, colour: Bool) -> String {
         let daemon = report.role == "agent" ? "relay-agent" : "relay-proxy"
         var fields: [(String, String)] = [
             (
                 "daemon",
-                "\(daemon) \(report.version), pid \(report.pid), up \(HumanFormat.duration(report.uptimeSeconds))"
+                "\(daemon) \(safe(report.version)), pid \(report.pid), up \(HumanFormat.duration(report.uptimeSeconds))"
             ),
-            ("config", "\(report.config) (loaded \(Self.ago(report.configLoadedAt)))"),
+            ("config", "\(safe(report.config)) (loaded \(Self.ago(report.configLoadedAt)))"),
         ]
-        if let listen = report.listen { fields.append(("agent port", listen)) }
-        if let agent = report.agent { fields.append(("agent id", agent)) }
+        if let listen = report.listen { fields.append(("agent port", safe(listen))) }
+        if let agent = report.agent { fields.append(("agent id", safe(agent))) }
         if let relay = report.relay {
-            var state = Self.paint(relay.state, relay.state == "connected" ? .green : .red, colour)
+            var state = Self.paint(safe(relay.state), relay.state == "connected" ? .green : .red, colour)
             if let since = relay.since { state += " for \(HumanFormat.duration(-since.timeIntervalSinceNow))" }
             if let retry = relay.retryAt {
                 state += ", next attempt in \(HumanFormat.duration(retry.timeIntervalSinceNow.rounded(.up)))"
             }
-            fields.append(("relay", "\(relay.address) \(state)"))
+            fields.append(("relay", "\(safe(relay.address)) \(state)"))
             if let remote = relay.remote, let local = relay.local {
-                fields.append(("channel", "\(local) -> \(remote)"))
+                fields.append(("channel", "\(safe(local)) -> \(safe(remote))"))
             }
             if let roundTrip = relay.heartbeatRoundTripSeconds {
                 fields.append(("heartbeat", "\(HumanFormat.shortDuration(roundTrip)) round trip"))
             }
             fields.append(("attempts", "\(relay.reconnectAttempts) since the last registration"))
-            if let error = relay.lastError { fields.append(("last error", error)) }
+            if let error = relay.lastError { fields.append(("last error", safe(error))) }
         }
         if let connected = report.agentsConnected, let configured = report.agentsConfigured {
             fields.append(("agents", "\(connected)/\(configured) connected"))
@@ -38,8 +39,8 @@ enum HumanReport {
                 "sessions",
                 "\(report.sessions) live (\(report.sessionsPending) pending), \(report.sessionsTotal) since start"
             ))
-        fields.append(("control", report.control))
-        if let metrics = report.metrics { fields.append(("metrics", "http://\(metrics)/metrics")) }
+        fields.append(("control", safe(report.control)))
+        if let metrics = report.metrics { fields.append(("metrics", "http://\(safe(metrics))/metrics")) }
         let width = fields.map(\.0.count).max() ?? 0
         var lines = fields.map { Self.padded($0.0, to: width) + "  " + $0.1 }
         if !report.services.isEmpty {
@@ -129,13 +130,13 @@ enum HumanReport {
         fields.append(("bytes in", "\(HumanFormat.bytes(session.bytesIn)) (\(session.bytesIn))"))
         fields.append(("bytes out", "\(HumanFormat.bytes(session.bytesOut)) (\(session.bytesOut))"))
         let width = fields.map(\.0.count).max() ?? 0
-        return fields.map { Self.padded($0.0, to: width) + "  " + $0.1 }
+        return fields.map { Self.padded($0.0, to: width) + "  " + safe($0.1) }
             .joined(separator: "\n")
     }
 
     static func reload(_ outcome: ReloadOutcome) -> String {
         if outcome.changes.isEmpty { return "config reloaded: nothing changed" }
-        return (["config reloaded:"] + outcome.changes.map { "  " + $0 }).joined(separator: "\n")
+        return (["config reloaded:"] + outcome.changes.map { "  " + safe($0) }).joined(separator: "\n")
     }
 
     /// A session state in words: which way a half-closed session is still open.
@@ -146,6 +147,9 @@ enum HumanReport {
         default: state
         }
     }
+
+    /// Daemon-supplied text with its control characters escaped (see ``TerminalText``).
+    static func safe(_ text: String) -> String { TerminalText.escape(text) }
 
     enum Colour: String {
         case green = "32"

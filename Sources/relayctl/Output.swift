@@ -4,6 +4,7 @@ import RelayControl
 import RelaySupport
 
 /// Where relayctl's results go: text or one JSON document on stdout, failures on stderr.
+/// Nothing a daemon supplied reaches the terminal with a control character in it (``TerminalText``).
 struct Output {
     let isJSON: Bool
     /// Colour only on a terminal, and not when NO_COLOR is set or TERM is dumb.
@@ -21,7 +22,7 @@ struct Output {
     func json(_ value: some Encodable) -> Bool {
         guard self.isJSON else { return false }
         let data = (try? ControlJSON.encoder(pretty: true).encode(value)) ?? Data("null".utf8)
-        StandardStream.output.write(bytes: data + Data("\n".utf8))
+        StandardStream.output.write(TerminalText.escapeJSON(String(decoding: data, as: UTF8.self)) + "\n")
         return true
     }
 
@@ -30,14 +31,15 @@ struct Output {
         StandardStream.output.write(text + "\n")
     }
 
-    /// Prints text as it is.
+    /// Prints lines a daemon supplied (the metrics) with their control characters but the
+    /// line feeds escaped.
     func raw(_ text: String) {
-        StandardStream.output.write(text)
+        StandardStream.output.write(TerminalText.escape(text, keepingNewlines: true))
     }
 
     /// One line on stderr: `relayctl: message`.
     func fail(_ message: String) {
-        let clean = message.replacingLiterally("\n", with: " ")
+        let clean = TerminalText.escape(message.replacingLiterally("\n", with: " "))
         StandardStream.error.write("relayctl: \(clean)\n")
     }
 }

@@ -162,7 +162,9 @@ struct KillCommand: ControlCommand {
 
     func perform(_ output: Output) throws(CtlError) {
         let killed = try self.request("kill", args: ["id": self.id], as: KillReport.self)
-        if !output.json(killed) { output.text("session \(killed.id) killed (was \(killed.state))") }
+        if !output.json(killed) {
+            output.text("session \(HumanReport.safe(killed.id)) killed (was \(HumanReport.safe(killed.state)))")
+        }
     }
 }
 

@@ -20,6 +20,8 @@ final class TempDir {
     func write(_ name: String, _ contents: String) throws -> String {
         let full = (self.path as NSString).appendingPathComponent(name)
         try Data(contents.utf8).write(to: URL(fileURLWithPath: full))
+        // Owner only: a secret file readable by others is refused (FileTrust).
+        chmod(full, 0o600)
         return full
     }
 

@@ -37,15 +37,16 @@ public final class ControlSocketServer: Service, Sendable {
         self.handler = handler
     }
 
-    /// Prepares the path (see ``SocketFile/prepare(_:)``), binds the socket with mode 0660
-    /// and the daemon's group, and logs it. Throws a one-line ``DaemonError``.
+    /// Prepares the path and its directory (see ``SocketFile/prepare(_:)``), binds the socket,
+    /// created 0660 with the daemon's group by bind(2) itself under umask 0117, and logs it.
+    /// Throws a one-line ``DaemonError``.
     public static func bind(
         path: String,
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         logger: Logger,
         handler: @escaping Handler
     ) async throws -> ControlSocketServer {
-        try SocketFile.prepare(path)
+        if let repaired = try SocketFile.prepare(path) { logger.warning("\(repaired)") }
         // No moment with a wider mode than 0660: the umask applies to bind(2) itself.
         let previous = umask(0o117)
         let listener: NIOAsyncChannel<AcceptedConnection, Never>
@@ -58,13 +59,6 @@ public final class ControlSocketServer: Service, Sendable {
         } catch {
             umask(previous)
             throw DaemonError("cannot listen on the control socket \(path): \(Network.describe(error))")
-        }
-        do {
-            try SocketFile.restrict(path)
-        } catch {
-            try? await listener.channel.close()
-            unlink(path)
-            throw error
         }
         logger.info("control socket listening", metadata: ["path": "\(path)"])
         return ControlSocketServer(path: path, listener: listener, logger: logger, handler: handler)
@@ -153,12 +147,12 @@ public final class ControlSocketServer: Service, Sendable {
 
     /// The integer `id` of a line that is a JSON object but not a valid request, so that
     /// even its error can be matched.
-    static func requestID(_ line: ByteBuffer) -> Int? {
+    public static func requestID(_ line: ByteBuffer) -> Int? {
         JSONSyntax.integerMember("id", of: Data(line.readableBytesView))
     }
 
     /// A request from one line, or why it is not one.
-    static func decode(_ line: ByteBuffer) -> Result<ControlRequest, ControlFailure> {
+    public static func decode(_ line: ByteBuffer) -> Result<ControlRequest, ControlFailure> {
         let data = Data(line.readableBytesView)
         do {
             return .success(try ControlJSON.decoder().decode(ControlRequest.self, from: data))

@@ -37,9 +37,19 @@ extension SocketFile {
         return errno == ECONNREFUSED || errno == ENOENT ? .stale : .live
     }
 
-    /// Makes `path` ready for `bind`: creates its directory (mode 0755) if missing, removes a
-    /// stale socket file, and throws when a live daemon or a file that is not a socket is there.
-    public static func prepare(_ path: String) throws(DaemonError) {
+    /// Makes `path` ready for `bind`: creates its directory (mode 0755) if missing, checks
+    /// that nobody but this daemon's user (or root) can replace files in it (see
+    /// ``SocketTrust/directoryProblem(_:mode:owner:uid:)``; a directory of ours that is group-
+    /// or world-writable loses those bits, on its descriptor), removes a stale socket file, and
+    /// throws when a live daemon or a file that is not a socket is there. Returns a note for the
+    /// log when it repaired the directory.
+    ///
+    /// The socket's mode is not set here nor after bind: ``ControlSocketServer`` binds under
+    /// umask 0117, so the socket is created 0660 by bind(2) itself, with this process's group,
+    /// in a directory only we (or root) can change: no moment with a wider mode, and no path
+    /// operation after bind that someone could redirect.
+    @discardableResult
+    public static func prepare(_ path: String) throws(DaemonError) -> String? {
         guard Self.address(path) != nil else {
             throw DaemonError("control socket path \(path) is too long for a Unix socket")
         }
@@ -54,9 +64,10 @@ extension SocketFile {
                     "cannot create the directory \(directory) for the control socket: \(Self.reason(error))")
             }
         }
+        let note = try Self.checkDirectory(directory.isEmpty ? "." : directory)
         switch Self.occupant(of: path) {
         case .none:
-            return
+            return note
         case .live:
             throw DaemonError("control socket \(path) is in use by a running daemon (another instance?)")
         case .notASocket:
@@ -66,16 +77,38 @@ extension SocketFile {
                 throw DaemonError(
                     "cannot remove the stale control socket \(path): \(String(cString: strerror(errno)).lowercased())")
             }
+            return note
         }
     }
 
-    /// Gives the bound socket its mode (0660) and the daemon's group.
-    public static func restrict(_ path: String) throws(DaemonError) {
-        guard chmod(path, ControlSocketLimits.socketMode) == 0 else {
-            throw DaemonError("cannot set the mode of \(path): \(String(cString: strerror(errno)).lowercased())")
+    /// Checks (and, if it is ours, repairs) the socket's directory on an open descriptor.
+    private static func checkDirectory(_ directory: String) throws(DaemonError) -> String? {
+        let descriptor = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard descriptor >= 0 else {
+            throw DaemonError(
+                "cannot open the control socket directory \(directory): \(String(cString: strerror(errno)).lowercased())"
+            )
         }
-        // The daemon's own group; failing here (EPERM) leaves the inherited group, which is ours anyway.
-        _ = chown(path, uid_t.max, getegid())
+        defer { close(descriptor) }
+        var info = stat()
+        guard fstat(descriptor, &info) == 0 else {
+            throw DaemonError(
+                "cannot inspect the control socket directory \(directory): \(String(cString: strerror(errno)).lowercased())"
+            )
+        }
+        let uid = geteuid()
+        if let problem = SocketTrust.directoryProblem(directory, mode: info.st_mode, owner: info.st_uid, uid: uid) {
+            throw DaemonError(problem)
+        }
+        guard SocketTrust.repairableDirectory(mode: info.st_mode, owner: info.st_uid, uid: uid) else { return nil }
+        let repaired = info.st_mode & 0o7777 & ~mode_t(0o022)
+        guard fchmod(descriptor, repaired) == 0 else {
+            throw DaemonError(
+                "cannot remove group and other write access from the control socket directory \(directory): "
+                    + String(cString: strerror(errno)).lowercased())
+        }
+        return "control socket directory \(directory) was writable by group or others (mode "
+            + "\(SocketTrust.octal(info.st_mode & 0o7777))); set it to \(SocketTrust.octal(repaired))"
     }
 
     /// Why `FileManager` could not create a directory, in the system's words ("not a
