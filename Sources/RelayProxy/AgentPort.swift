@@ -14,6 +14,10 @@ struct AgentPort {
     /// Handles one accepted connection: a control channel until it closes, a data channel
     /// until it is handed to its session.
     func handle(_ socket: OwnedSocket) async {
+        // Limits first, before a byte is read: a source refused after failed proofs, and the
+        // connections not yet authenticated (AgentPortLimits.swift).
+        guard let slot = self.admit(socket) else { return socket.close() }
+        defer { slot.release() }
         let timeout = self.state.config.handshakeTimeout
         let deadline = ContinuousClock.now + .seconds(timeout)
         var logger = self.logger
@@ -37,8 +41,10 @@ struct AgentPort {
             return socket.reset()
         }
         switch first {
-        case .hello:
-            await self.control(socket, hello: first, buffered: reader.takeRemainder(), until: deadline, logger: logger)
+        case .hello(let hello):
+            guard self.admit(hello, from: socket, logger: logger) else { return socket.close() }
+            await self.control(
+                socket, hello: first, buffered: reader.takeRemainder(), until: deadline, logger: logger, slot: slot)
         case .attach(let attach):
             await self.attach(attach, socket: socket, reader: &reader, until: deadline, logger: logger)
         default:
@@ -53,7 +59,7 @@ struct AgentPort {
     /// past its `hello` line read first, and the rest of the handshake timeout.
     private func control(
         _ socket: OwnedSocket, hello: ControlMessage, buffered: [UInt8], until deadline: ContinuousClock.Instant,
-        logger: Logger
+        logger: Logger, slot: ConnectionSlots.Slot
     ) async {
         if let descriptor = socket.descriptor { try? self.state.config.tcp.applyControl(to: descriptor) }
         let remote = socket.remote
@@ -66,7 +72,8 @@ struct AgentPort {
                     channel.close(promise: nil)
                 }
                 let control = ProxyControlChannel(
-                    state: self.state, logger: self.logger, channel: channel, remote: remote, deadline: handshake)
+                    state: self.state, logger: self.logger, channel: channel, remote: remote, deadline: handshake,
+                    slot: slot)
                 await control.run(hello: hello, reader: InboundReader(inbound, buffered: buffered), outbound: outbound)
             }
         } catch {

@@ -20,6 +20,8 @@ public struct ProxyConfig: Sendable, DaemonSettings {
         public var agent: String
         /// Where its clients connect.
         public var listen: HostPort
+        /// Which clients may connect (`allow`, `deny`); see ``AccessRules``.
+        public var access = AccessRules()
     }
 
     /// The default config file.
@@ -69,8 +71,16 @@ public struct ProxyConfig: Sendable, DaemonSettings {
     /// read at start, kept until a restart.
     public var dataPlane = DataPlaneKind.default
 
+    /// The limits on what peers may hold (`max…` keys).
+    public var limits = ProxyLimits()
+    /// How long a session may move no byte either way (`sessionIdleTimeoutSeconds`, default
+    /// 3600; 0: no limit).
+    public var sessionIdleTimeout = PumpLimits.defaultSessionIdleTimeout
+
     /// The limits a session opened now runs with.
-    public var pumpLimits: PumpLimits { PumpLimits(halfCloseTimeoutSeconds: self.halfCloseTimeout) }
+    public var pumpLimits: PumpLimits {
+        PumpLimits(halfCloseTimeoutSeconds: self.halfCloseTimeout, idleTimeoutSeconds: self.sessionIdleTimeout)
+    }
 
     /// The keys allowed at the top level.
     static let topLevelKeys: Set<String> = Set([
@@ -79,7 +89,7 @@ public struct ProxyConfig: Sendable, DaemonSettings {
     ])
     .union(ConfigReader.tcpTuningKeys).union([
         "halfCloseTimeoutSeconds", "removedServiceSessions", "secretRotationGraceSeconds", "dataPlane",
-    ])
+    ]).union(ProxyLimits.keys)
 
     /// Reads and validates the file at `path`; the error lists every problem with its JSON path.
     public static func load(path: String) throws(ConfigError) -> ProxyConfig {
@@ -116,7 +126,10 @@ public struct ProxyConfig: Sendable, DaemonSettings {
         var listenPaths: [HostPort: String] = [:]
         if let listen, listen.port != 0 { listenPaths[listen] = "$.listen" }
         for (path, object) in reader.objects(root, "services", at: "$") {
-            reader.rejectUnknownKeys(object, at: path, allowed: ["name", "agent", "listen"])
+            reader.rejectUnknownKeys(object, at: path, allowed: ["name", "agent", "listen", "allow", "deny"])
+            let access = AccessRules(
+                allow: reader.addressRanges(object, "allow", at: path),
+                deny: reader.addressRanges(object, "deny", at: path))
             let name = reader.name(object, "name", at: path)
             let agent = reader.name(object, "agent", at: path)
             let address = reader.address(object, "listen", at: path)
@@ -135,7 +148,7 @@ public struct ProxyConfig: Sendable, DaemonSettings {
             }
             guard let name, let agent, let address, servicePaths[name] == nil else { continue }
             servicePaths[name] = path
-            services.append(Service(name: name, agent: agent, listen: address))
+            services.append(Service(name: name, agent: agent, listen: address, access: access))
         }
 
         let interval = reader.seconds(root, "heartbeatIntervalSeconds", at: "$", default: 10, range: 0.05...3600)
@@ -153,6 +166,8 @@ public struct ProxyConfig: Sendable, DaemonSettings {
             root, "secretRotationGraceSeconds", at: "$", default: Self.defaultSecretRotationGrace, range: 0...604800)
         let halfClose = reader.halfCloseTimeout(root)
         let dataPlane = reader.dataPlane(root)
+        let limits = ProxyLimits.read(root, reader: reader)
+        let idle = reader.sessionIdleTimeout(root)
 
         guard let listen, reader.problems.isEmpty else { return nil }
         return ProxyConfig(
@@ -170,7 +185,9 @@ public struct ProxyConfig: Sendable, DaemonSettings {
             halfCloseTimeout: halfClose,
             secretRotationGrace: grace,
             removedServiceSessions: removedRule,
-            dataPlane: dataPlane
+            dataPlane: dataPlane,
+            limits: limits,
+            sessionIdleTimeout: idle
         )
     }
 

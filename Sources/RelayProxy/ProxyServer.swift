@@ -18,6 +18,10 @@ public final class ProxyServer: Service, Sendable {
         public let description: String
     }
 
+    /// Every limit's maximum and hits (`status`'s `limits`), shared with the control socket
+    /// and the metrics endpoint.
+    public var limits: LimitCounters { self.life.limits }
+
     /// The name of the agent port among listeners and socket-activation names.
     public static let agentPortName = "agents"
 
@@ -49,8 +53,8 @@ public final class ProxyServer: Service, Sendable {
         hooks: DaemonHooks = DaemonHooks(),
         adopted: [String: [CInt]] = [:]
     ) {
-        self.state = ProxyState(config: config)
         self.life = DaemonLife(daemon: "relay-proxy", configPath: configPath, hooks: hooks, logger: logger)
+        self.state = ProxyState(config: config, limits: self.life.limits)
         self.group = group
         self.logger = logger
         self.dataPlane = dataPlane
@@ -86,7 +90,8 @@ public final class ProxyServer: Service, Sendable {
         self.hooks.ready()
 
         let agentPort = AgentPort(state: self.state, group: self.group, logger: self.logger)
-        let clients = ClientHandler(state: self.state, dataPlane: dataPlane, logger: self.logger)
+        let clients = ClientHandler(
+            state: self.state, dataPlane: dataPlane, logger: self.logger, limits: self.state.limits)
         await withDiscardingTaskGroup { group in
             group.addTask { await self.shutdownWhenAsked() }
             group.addTask { await self.expireRotations() }
@@ -185,6 +190,11 @@ public final class ProxyServer: Service, Sendable {
             if let before = old.service(named: service.name), before.agent != service.agent {
                 changes.append("service '\(service.name)' now served by agent '\(service.agent)'")
             }
+            if let before = old.service(named: service.name), before.access != service.access {
+                changes.append(
+                    "service '\(service.name)' access now allow [\(service.access.allow.map(\.description).joined(separator: ", "))] deny [\(service.access.deny.map(\.description).joined(separator: ", "))] (new clients)"
+                )
+            }
         }
 
         // Agents removed must go; a rotated secret keeps the old one accepted for the grace
@@ -222,6 +232,7 @@ public final class ProxyServer: Service, Sendable {
                 "heartbeats every \(ReloadOutcome.seconds(new.heartbeatInterval)), timeout \(ReloadOutcome.seconds(new.heartbeatTimeout)) (connected agents too)"
             )
         }
+        changes += new.limits.changes(from: old.limits)
         let before = new.metrics
         changes += new.reloadChanges(
             from: old,
