@@ -6,11 +6,12 @@ import Synchronization
 /// Failures are counted in a window of ``window`` from the first one; the failure that
 /// passes the maximum (`maxFailedProofsPerSource`, `maxFailedProofsPerAgent`) starts a
 /// refusal of ``firstBackoff``; each later failure, until a whole window passed without one,
-/// starts the next refusal, twice as long, up to ``longestBackoff``. While
-/// refused, a source's agent-port connections are closed at accept, before anything is read;
-/// an agent id's `hello` is closed unread, except from the address that agent last
-/// authenticated from (so that guessing at an agent's secret from elsewhere does not lock
-/// the real agent out). A success, or a window without failures, forgets the past.
+/// starts the next refusal, twice as long, up to ``longestBackoff``. While the source or the
+/// agent id is refused, a `hello` is closed unanswered, except from the address that agent
+/// last authenticated from (so that guessing at an agent's secret from elsewhere, or a
+/// misconfigured agent behind the same address, does not lock the real agent out; data
+/// channels are never refused by it). A success, a reload, or a window without failures
+/// forgets the past.
 final class ProofBackoff: Sendable {
     /// How long failures are counted together.
     static let window = Duration.seconds(60)
@@ -36,11 +37,22 @@ final class ProofBackoff: Sendable {
 
     private let store = Mutex(Store())
 
-    /// How long `source` is still refused, if it is.
-    func refusal(source: IPAddress, now: ContinuousClock.Instant = .now) -> Duration? {
+    /// How long a `hello` for `agent` from `source` is still refused because of the source's
+    /// failures, if it is (never from the address `agent` last authenticated from).
+    func refusal(source: IPAddress, agent: String, now: ContinuousClock.Instant = .now) -> Duration? {
         self.store.withLock { store in
-            guard let until = store.bySource[source]?.refusedUntil, now < until else { return nil }
+            guard let until = store.bySource[source]?.refusedUntil, now < until,
+                store.lastGoodSource[agent] != source
+            else { return nil }
             return now.duration(to: until)
+        }
+    }
+
+    /// Forgets every failure and refusal (a reload: the operator may have fixed a secret).
+    func reset() {
+        self.store.withLock { store in
+            store.bySource.removeAll()
+            store.byAgent.removeAll()
         }
     }
 

@@ -124,7 +124,8 @@ final class ProxyControlChannel: ControlChannelHandler {
         let limits = self.state.config.limits
         let limitCounters = self.state.limits
         limitCounters.note(
-            "failedProof", source: "\(source)", logger: self.logger, "agent authentication failed: \(why)",
+            "failedProof", source: "\(source) \(agent.prefix(64))", logger: self.logger,
+            "agent authentication failed: \(why)",
             metadata: ["agent": "\(agent.prefix(64))"])
         let tripped = self.state.proofBackoff.failed(
             agent: known ? agent : "", source: source, maxPerSource: limits.maxFailedProofsPerSource,

@@ -165,6 +165,8 @@ public final class ProxyServer: Service, Sendable {
         }
 
         self.state.replaceConfig(new)
+        // The operator may have fixed a secret: past failed proofs no longer count.
+        self.state.proofBackoff.reset()
 
         // Close what is gone or moved; start what is new. Live sessions are not tied to listeners.
         let newNames = Set(new.services.map(\.name))

@@ -149,11 +149,11 @@ import Testing
             let tripped = backoff.failed(agent: "a", source: source, maxPerSource: 3, maxPerAgent: 100, now: start)
             #expect(tripped == .init(), "failure \(index + 1) of 3 starts no refusal")
         }
-        #expect(backoff.refusal(source: source, now: start) == nil)
+        #expect(backoff.refusal(source: source, agent: "a", now: start) == nil)
         let first = backoff.failed(agent: "a", source: source, maxPerSource: 3, maxPerAgent: 100, now: start)
         #expect(first.source == ProofBackoff.firstBackoff)
-        #expect(backoff.refusal(source: source, now: start) != nil)
-        #expect(backoff.refusal(source: source, now: start + .seconds(1.5)) == nil, "over after a second")
+        #expect(backoff.refusal(source: source, agent: "a", now: start) != nil)
+        #expect(backoff.refusal(source: source, agent: "a", now: start + .seconds(1.5)) == nil, "over after a second")
         let second = backoff.failed(
             agent: "a", source: source, maxPerSource: 3, maxPerAgent: 100, now: start + .seconds(2))
         #expect(second.source == ProofBackoff.firstBackoff * 2, "the next failure doubles it")
