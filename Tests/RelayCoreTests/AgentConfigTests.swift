@@ -91,9 +91,9 @@ import Testing
         #expect(
             try Self.check(json).problems == [
                 "$.colour: unknown key (allowed: connectTimeoutSeconds, control, dataPlane, dataUserTimeoutSeconds, drainTimeoutSeconds, "
-                    + "halfCloseTimeoutSeconds, heartbeatIntervalSeconds, heartbeatTimeoutSeconds, id, metrics, "
+                    + "halfCloseTimeoutSeconds, heartbeatIntervalSeconds, heartbeatTimeoutSeconds, id, maxSessions, metrics, "
                     + "reconnectInitialDelaySeconds, reconnectMaxDelaySeconds, relay, removedServiceSessions, secret, "
-                    + "secretFile, services, tcpKeepaliveSeconds, tcpUserTimeoutSeconds)",
+                    + "secretFile, services, sessionIdleTimeoutSeconds, tcpKeepaliveSeconds, tcpUserTimeoutSeconds)",
                 "$.relay: bad address 'relay.example.net': expected HOST:PORT",
                 "$.id: 'bad id' is not a valid name: use \(Self.nameRule)",
                 "$.secretFile: give either 'secret' or 'secretFile', not both",

@@ -253,8 +253,11 @@ struct LimitsTests {
             try await relay.startProxy()
             var evaluated = 0
             var refusedUnread = 0
-            let end = ContinuousClock.now + .seconds(3)
-            while ContinuousClock.now < end {
+            // At least 3 s and 40 attempts (a loaded machine makes each slower), at most 20 s.
+            let start = ContinuousClock.now
+            while (evaluated + refusedUnread < 40 || ContinuousClock.now - start < .seconds(3))
+                && ContinuousClock.now - start < .seconds(20)
+            {
                 let connection = try await Self.connect(from: Self.other, port: relay.agentPort)
                 let answer: ControlMessage? = try await FakeAgent(connection: connection).session { lines in
                     try? await lines.send(.hello(.init(agent: "office")))
@@ -269,16 +272,17 @@ struct LimitsTests {
                 }
             }
             print(
-                "figure: wrong proofs for 3 s from one address: \(evaluated) evaluated, \(refusedUnread) refused unread"
+                "figure: wrong proofs for \(ContinuousClock.now - start) from one address: \(evaluated) evaluated, \(refusedUnread) refused unread"
             )
-            #expect(evaluated >= 10 && evaluated <= 14, "evaluated \(evaluated)")
+            // 10 within the window, then one per doubling refusal (1 s, 2 s, 4 s, 8 s).
+            #expect(evaluated >= 10 && evaluated <= 15, "evaluated \(evaluated)")
             #expect(refusedUnread > 0)
             let lines = relay.proxy.lines(containing: "127.0.0.2").count
             print("figure: log lines about 127.0.0.2: \(lines)")
             #expect(lines <= 4, "\(relay.proxy.lines(containing: "127.0.0.2"))")
-            let start = ContinuousClock.now
+            let agentStart = ContinuousClock.now
             try await relay.startAgent(id: "office", services: ["web": echo.port])
-            #expect(ContinuousClock.now - start < .seconds(5))
+            #expect(ContinuousClock.now - agentStart < .seconds(5))
             #expect(try await Self.echoes(try await TestClient.connect(port: relay.servicePort("web")), "served"))
             let limits = try await Self.limits(relay.proxySocket)
             #expect(Self.hits(limits, "maxFailedProofsPerSource") > 0, "\(limits)")
