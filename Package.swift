@@ -12,6 +12,9 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-crypto.git", from: "4.5.2"),
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
+        .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.1"),
+        .package(url: "https://github.com/apple/swift-asn1.git", from: "1.7.4"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
@@ -35,14 +38,18 @@ let package = Package(
         // The control socket's wire types, which relayctl and the daemons share: requests, responses,
         // reports (JSON), limits, the socket's address, and relayctl's units and columns. No I/O, no NIO.
         .target(name: "RelayControl", dependencies: ["RelaySupport"]),
-        // Shared NIO plumbing: byte pump, line reader, listeners, addresses, config reading, logging,
+        // Shared NIO plumbing: byte pump, line reader, listeners, addresses, config reading, TLS on the agent port, logging,
         // the daemon life cycle, the control socket's server.
         .target(
             name: "RelayCore",
             dependencies: [
-                "RelaySupport", "RelayProtocol", "RelayControl", "RelayDataPlane",
+                "RelaySupport", "RelayProtocol", "RelayControl", "RelayDataPlane", "CRelayTLS",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOTLS", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "X509", package: "swift-certificates"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
@@ -88,6 +95,9 @@ let package = Package(
         // The splice(2) data plane: epoll loops on their own threads that join plain sockets in
         // the kernel (socket -> pipe -> socket). No NIO; Linux only.
         .target(name: "RelayDataPlane", dependencies: ["CDataPlane"]),
+        // BoringSSL's session calls (the copy swift-nio-ssl links) for TLS 1.3 resumption on the
+        // agent: docs/architecture.md, "TLS session resumption".
+        .target(name: "CRelayTLS"),
         // The real libsystemd (Debian: libsystemd-dev), and a small Swift API over it.
         .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
         .target(name: "RelaySystemd", dependencies: ["CSystemd", "RelayControl", "RelayCore"]),
@@ -137,7 +147,12 @@ let package = Package(
                 "RelayProxy", "RelayAgent", "RelayDataPlane",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOTLS", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
             ]
         ),
         .testTarget(name: "RelayDataPlaneTests", dependencies: ["RelayDataPlane"]),
@@ -148,6 +163,8 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
             ]
         ),
     ],

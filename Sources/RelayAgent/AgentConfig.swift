@@ -63,6 +63,9 @@ public struct AgentConfig: Sendable, DaemonSettings {
     /// How long a session may move no byte either way (`sessionIdleTimeoutSeconds`, default
     /// 3600; 0: no limit).
     public var sessionIdleTimeout = PumpLimits.defaultSessionIdleTimeout
+    /// TLS 1.3 on the agent port (`tls`: how the relay is verified, and a client certificate
+    /// for mutual TLS); nil: plaintext. A reload re-reads its files for the connections after it.
+    public var tls: AgentTLS? = nil
 
     /// The limits a session opened now runs with.
     public var pumpLimits: PumpLimits {
@@ -70,11 +73,11 @@ public struct AgentConfig: Sendable, DaemonSettings {
     }
 
     static let topLevelKeys: Set<String> = Set([
-        "relay", "id", "secret", "secretFile", "control", "services", "heartbeatIntervalSeconds",
+        "relay", "id", "secret", "secretFile", "secretCredential", "control", "services", "heartbeatIntervalSeconds",
         "heartbeatTimeoutSeconds", "connectTimeoutSeconds", "reconnectInitialDelaySeconds",
         "reconnectMaxDelaySeconds", "drainTimeoutSeconds", "metrics",
     ])
-    .union(ConfigReader.tcpTuningKeys).union(["halfCloseTimeoutSeconds", "removedServiceSessions", "dataPlane"])
+    .union(ConfigReader.tcpTuningKeys).union(["halfCloseTimeoutSeconds", "removedServiceSessions", "dataPlane", "tls"])
     .union(["maxSessions", "sessionIdleTimeoutSeconds"])
 
     /// Reads and validates the file at `path`; the error lists every problem with its JSON path.
@@ -133,6 +136,7 @@ public struct AgentConfig: Sendable, DaemonSettings {
         let maxSessions = reader.count(
             root, "maxSessions", at: "$", default: Self.defaultMaxSessions, range: 1...1_000_000)
         let idle = reader.sessionIdleTimeout(root)
+        let tls = reader.agentTLS(root, relayHost: relay?.host)
 
         guard let relay, let id, let secret, reader.problems.isEmpty else { return nil }
         return AgentConfig(
@@ -153,7 +157,8 @@ public struct AgentConfig: Sendable, DaemonSettings {
             removedServiceSessions: removedRule,
             dataPlane: dataPlane,
             maxSessions: maxSessions,
-            sessionIdleTimeout: idle
+            sessionIdleTimeout: idle,
+            tls: tls
         )
     }
 

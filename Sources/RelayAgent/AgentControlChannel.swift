@@ -27,14 +27,23 @@ final class AgentControlChannel: ControlChannelHandler {
     /// This end's address, for the log (a firewall rule or a packet trace can name the channel).
     private let local: String
     private let roundTripStore = Mutex<Duration?>(nil)
+    private let onExpired: @Sendable (ControlMessage.Connect) -> Void
+    /// Stale `connect`s dropped since the last log line about them, and when that was.
+    private let expiredLog = Mutex<(last: ContinuousClock.Instant?, dropped: Int)>((nil, 0))
+
+    /// Stale `connect`s are logged at most once per this many seconds (with how many were
+    /// dropped since): a stall can leave hundreds queued.
+    static let expiredLogIntervalSeconds = 10
 
     init(
         config: AgentConfig,
         logger: Logger,
         channel: any Channel,
         onRegistered: @escaping @Sendable () -> Void,
-        onConnect: @escaping @Sendable (ControlMessage.Connect, AgentControlChannel) -> Void
+        onConnect: @escaping @Sendable (ControlMessage.Connect, AgentControlChannel) -> Void,
+        onExpired: @escaping @Sendable (ControlMessage.Connect) -> Void = { _ in }
     ) {
+        self.onExpired = onExpired
         self.config = config
         self.logger = logger
         self.onConnect = onConnect
@@ -53,6 +62,10 @@ final class AgentControlChannel: ControlChannelHandler {
             AgentControlStateMachine(agentID: config.id, secret: config.secret, services: config.services.map(\.name))
         )
     }
+
+    /// The secret this channel authenticated with: data channels opened for its `connect`s
+    /// prove it in their `attach` (a reload that rotates it does not touch this channel).
+    var secret: Secret { self.config.secret }
 
     /// The last heartbeat round trip to the relay.
     var roundTrip: Duration? { self.roundTripStore.withLock { $0 } }
@@ -76,8 +89,8 @@ final class AgentControlChannel: ControlChannelHandler {
         return Outcome(registered: self.registered.withLock { $0 }, reason: self.loop.reason)
     }
 
-    func received(_ message: ControlMessage) {
-        self.perform(self.machine.withLock { $0.receive(message) })
+    func received(_ message: ControlMessage, at receivedAt: UInt64) {
+        self.perform(self.machine.withLock { $0.receive(message, receivedAt: receivedAt) })
     }
 
     func receivedInvalid(_ error: ProtocolError) {
@@ -98,7 +111,7 @@ final class AgentControlChannel: ControlChannelHandler {
         for action in actions {
             switch action {
             case .send(let message):
-                if case .refuse(let refuse) = message {
+                if case .refuse(let refuse) = message, refuse.code != .connectExpired {
                     self.logger.warning(
                         "refused a session: \(refuse.message)",
                         metadata: ["session": "\(refuse.session)", "code": "\(refuse.code.rawValue)"]
@@ -123,6 +136,14 @@ final class AgentControlChannel: ControlChannelHandler {
                 self.onRegistered()
             case .connectRequested(let connect):
                 self.onConnect(connect, self)
+            case .connectExpired(let connect, let lag):
+                self.onExpired(connect)
+                self.noteExpired(connect, lag: lag)
+            case .relayNotProven:
+                self.logger.error(
+                    "relay failed to prove it knows the secret: it is not the relay, or its secret for this agent differs; not registering"
+                )
+                self.loop.noteClose("relay failed to prove it knows the secret")
             case .pongReceived(let seq):
                 let roundTrip = self.loop.pong(seq: seq)
                 self.roundTripStore.withLock { $0 = roundTrip }
@@ -131,10 +152,34 @@ final class AgentControlChannel: ControlChannelHandler {
                 if report.code == .authFailed {
                     self.logger.error(
                         "relay refused authentication: check this agent's id and secret against the relay's config")
+                } else if report.code == .unsupportedVersion {
+                    self.logger.error(
+                        "relay speaks another protocol version: install the same release of relay-agent as of relay-proxy"
+                    )
                 }
                 self.loop.noteClose("relay closed the channel (\(report.code.rawValue)): \(message)")
                 self.loop.close()
             }
         }
+    }
+
+    /// Logs a dropped stale `connect`: the first at once, later ones at most once per
+    /// ``expiredLogIntervalSeconds`` with the count since the last line.
+    private func noteExpired(_ connect: ControlMessage.Connect, lag: Int64) {
+        let now = ContinuousClock.now
+        let due: Int? = self.expiredLog.withLock { log in
+            log.dropped += 1
+            if let last = log.last, now - last < .seconds(Self.expiredLogIntervalSeconds) { return nil }
+            defer { log = (now, 0) }
+            return log.dropped
+        }
+        guard let due else { return }
+        self.logger.warning(
+            "dropped stale connect: it arrived after the relay stopped waiting (this agent was stalled?); target not dialled",
+            metadata: [
+                "session": "\(connect.session)", "service": "\(connect.service)", "lagMs": "\(lag)",
+                "expiresInMs": "\(connect.expiresIn ?? 0)", "dropped": "\(due)",
+            ]
+        )
     }
 }

@@ -83,6 +83,10 @@ public struct AgentControlCommands: Sendable {
             address: config.relay.description, state: stateName, reconnectAttempts: history.attempts)
         report.lastError = history.lastError
         report.since = history.since
+        if let resumption = config.tls?.resumption {
+            report.tlsResumed = resumption.resumed
+            report.tlsFullHandshakes = resumption.fullHandshakes
+        }
         switch connection {
         case .connected(let since):
             report.since = since

@@ -66,6 +66,7 @@ public final class AgentServer: Service, Sendable {
                 "services": "\(config.services.count)",
             ]
         )
+        TLSNotes.logAtStart(config.tls?.summary, logger: self.logger)
         // The data plane's loops and the readiness loop start now, not at the first session.
         _ = SocketIO.readiness
         let runner = SessionRunner(
@@ -111,7 +112,7 @@ public final class AgentServer: Service, Sendable {
             do {
                 let connection = try await Network.dial(
                     config.relay, timeout: .fromSeconds(config.connectTimeout), group: self.group, tuning: config.tcp,
-                    role: .control)
+                    role: .control, tls: config.tls)
                 guard self.state.setControlChannel(connection.channel) else {
                     // Shutting down: close it the only way an NIOAsyncChannel may be dropped.
                     try? await connection.executeThenClose { _, _ in }
@@ -136,7 +137,10 @@ public final class AgentServer: Service, Sendable {
                         self.state.connection = .connected(since: Date())
                         self.attempts.withLock { $0 = 0 }
                     },
-                    onConnect: { [requestInput] in requestInput.yield(($0, $1)) }
+                    onConnect: { [requestInput] in requestInput.yield(($0, $1)) },
+                    onExpired: { [state = self.state] in
+                        state.telemetry.service($0.service).sessionRefused(reason: "connect_expired")
+                    }
                 )
                 self.currentControl.withLock { $0 = control }
                 let outcome = await control.run(connection)
@@ -147,6 +151,9 @@ public final class AgentServer: Service, Sendable {
                     attempt = 0
                     if ContinuousClock.now - started >= .seconds(Self.stableConnectionSeconds) { backoff.reset() }
                 }
+            } catch let failure as TLSFailure {
+                // "relay 127.0.0.1:7835 failed TLS verification: …": the relay is not talked to.
+                reason = failure.description
             } catch {
                 reason = "cannot connect to \(config.relay): \(Network.describe(error))"
             }
@@ -251,6 +258,7 @@ public final class AgentServer: Service, Sendable {
                 ("reconnectInitialDelaySeconds", old.reconnectInitialDelay, new.reconnectInitialDelay),
                 ("reconnectMaxDelaySeconds", old.reconnectMaxDelay, new.reconnectMaxDelay),
             ])
+        if let change = TLSNotes.reloadChange(old: old.tls?.summary, new: new.tls?.summary) { changes.append(change) }
         self.state.config = new
         if reconnect {
             // A fresh control channel registers the new identity and services; sessions go on.

@@ -15,8 +15,8 @@ final class AgentSession: Sendable {
         var machine: SessionStateMachine
         /// The connection to the target, once dialled.
         var target: OwnedSocket?
-        /// The data channel to the relay, once dialled.
-        var data: OwnedSocket?
+        /// The data channel to the relay, once dialled (a TLS one is already in NIO).
+        var data: SessionLink?
         /// Whether the relay accepted the data channel (bytes flow from then on).
         var attached = false
         /// The data plane's run, once started.
@@ -75,10 +75,10 @@ final class AgentSession: Sendable {
     var targetSocket: OwnedSocket? { self.core.withLock { $0.target } }
 
     /// The data channel once dialled, for the runner's `attach`.
-    var dataSocketForAttach: OwnedSocket? { self.core.withLock { $0.data } }
+    var dataLinkForAttach: SessionLink? { self.core.withLock { $0.data } }
 
     /// The data channel, once the relay accepted it (bytes flow from then on).
-    var dataChannel: OwnedSocket? { self.core.withLock { $0.attached ? $0.data : nil } }
+    var dataChannel: SessionLink? { self.core.withLock { $0.attached ? $0.data : nil } }
 
     /// How the session ended (or is ending), once decided.
     var end: SessionEnd? { self.core.withLock { $0.machine.end } }
@@ -97,12 +97,12 @@ final class AgentSession: Sendable {
     }
 
     /// Remembers the data channel, as ``adoptTarget(_:)``.
-    func adoptData(_ socket: OwnedSocket) {
+    func adoptData(_ link: SessionLink) {
         let reset = self.core.withLock { core in
-            core.data = socket
+            core.data = link
             return core.resetAsked
         }
-        if reset { socket.reset() }
+        if reset { link.reset() }
     }
 
     /// The data plane runs the session's connections: a reset asked before is done on it now.

@@ -66,18 +66,16 @@ struct SessionRunner {
         let attach = await self.dial(
             session, first: session.start(), target: service.target, timeout: timeout, tuning: config.tcp,
             handle: handle)
-        guard attach, let data = session.dataSocketForAttach, let target = session.targetSocket else { return }
+        guard attach, let data = session.dataLinkForAttach, let target = session.targetSocket else { return }
 
-        var reader = HandshakeReader()
-        if let rejected = await self.attach(connect, socket: data, reader: &reader, timeout: timeout) {
+        if let rejected = await self.attach(connect, secret: control.secret, link: data, timeout: timeout) {
             handle(.attachRejected(rejected))
             return
         }
         guard handle(.attachAccepted).contains(.startPumping) else { return }
         logger.info("session attached", metadata: ["data": "\(data.local)"])
-        let remainder = reader.takeRemainder()
-        data.pending.withLock { $0 = remainder }
-        let running = self.dataPlane.start(data, target, meter: session.meter, limits: config.pumpLimits)
+        // A plaintext data channel and the target are spliced; a TLS one is pumped in user space.
+        let running = self.dataPlane.start(data, .socket(target), meter: session.meter, limits: config.pumpLimits)
         session.pumping(running)
         switch await running.outcome {
         case .finished:
@@ -96,10 +94,10 @@ struct SessionRunner {
     /// What a dial gave.
     private enum Dialled: Sendable {
         case target(Result<OwnedSocket, any Error>)
-        case data(Result<OwnedSocket, any Error>)
+        case data(Result<SessionLink, any Error>)
     }
 
-    private static func result(_ body: () async throws -> OwnedSocket) async -> Result<OwnedSocket, any Error> {
+    private static func result<Value>(_ body: () async throws -> Value) async -> Result<Value, any Error> {
         do {
             return .success(try await body())
         } catch {
@@ -115,22 +113,27 @@ struct SessionRunner {
         tuning: TCPTuning, handle: @escaping @Sendable (SessionStateMachine.Event) -> [SessionStateMachine.Action]
     ) async -> Bool {
         let relay = self.state.config.relay
-        return await withTaskGroup(of: Dialled.self) { group in
+        let tls = self.state.config.tls
+        let group = self.group
+        return await withTaskGroup(of: Dialled.self) { tasks in
             func start(_ actions: [SessionStateMachine.Action]) {
                 if actions.contains(.dialTarget) {
-                    group.addTask {
+                    tasks.addTask {
                         .target(await Self.result { try await SocketIO.dial(target, timeout: timeout, tuning: tuning) })
                     }
                 }
                 if actions.contains(.dialDataChannel) {
-                    group.addTask {
-                        .data(await Self.result { try await SocketIO.dial(relay, timeout: timeout, tuning: tuning) })
+                    tasks.addTask {
+                        .data(
+                            await Self.result {
+                                try await Self.dialData(relay, tls: tls, timeout: timeout, tuning: tuning, group: group)
+                            })
                     }
                 }
             }
             start(first)
             var attach = false
-            for await dialled in group {
+            for await dialled in tasks {
                 let actions: [SessionStateMachine.Action]
                 switch dialled {
                 case .target(.success(let socket)):
@@ -138,16 +141,18 @@ struct SessionRunner {
                     actions = handle(.targetDialled)
                 case .target(.failure(let error)):
                     actions = handle(.targetFailed("cannot connect to \(target): \(Network.describe(error))"))
-                case .data(.success(let socket)):
-                    session.adoptData(socket)
+                case .data(.success(let link)):
+                    session.adoptData(link)
                     actions = handle(.dataChannelDialled)
                 case .data(.failure(let error)):
-                    actions = handle(
-                        .dataChannelFailed("cannot open a data channel to \(relay): \(Network.describe(error))"))
+                    let reason =
+                        error is TLSFailure
+                        ? "\(error)" : "cannot open a data channel to \(relay): \(Network.describe(error))"
+                    actions = handle(.dataChannelFailed(reason))
                 }
                 start(actions)
                 if actions.contains(.sendAttach) { attach = true }
-                if session.end != nil { group.cancelAll() }
+                if session.end != nil { tasks.cancelAll() }
             }
             return attach
         }
@@ -167,18 +172,48 @@ struct SessionRunner {
         }
     }
 
+    /// Dials a data channel to the relay: a socket of the agent's own (spliced later), or
+    /// with `tls` a connection in NIO whose handshake verified the relay.
+    private static func dialData(
+        _ relay: HostPort, tls: AgentTLS?, timeout: Duration, tuning: TCPTuning, group: any EventLoopGroup
+    ) async throws -> SessionLink {
+        guard let tls else { return .socket(try await SocketIO.dial(relay, timeout: timeout, tuning: tuning)) }
+        let connection = try await Network.dial(
+            relay, timeout: .fromSeconds(timeout.inSeconds), group: group, tuning: tuning, role: .data, tls: tls)
+        return .adopted(AdoptedConnection(connection))
+    }
+
     /// Sends `attach` and reads the relay's answer within `timeout`: nil if accepted, else
-    /// why not ("relay refused the data channel: …").
+    /// why not ("relay refused the data channel: …"). Bytes past the answer stay with the
+    /// link (a socket's ``OwnedSocket/pending``, a TLS connection's reader).
     private func attach(
-        _ connect: ControlMessage.Connect, socket: OwnedSocket, reader: inout HandshakeReader, timeout: Duration
+        _ connect: ControlMessage.Connect, secret: Secret, link: SessionLink, timeout: Duration
     ) async -> String? {
         let deadline = ContinuousClock.now + timeout
         let reply: ControlMessage?
+        // The token alone would be a bearer secret: the proof binds the data channel to the
+        // secret this agent's control channel authenticated with.
+        let proof = Authenticator.attachProof(secret: secret, session: connect.session, token: connect.token)
+        let line = ControlCodec.encode(.attach(.init(session: connect.session, token: connect.token, proof: proof)))
         do {
-            try await SocketIO.write(
-                ControlCodec.encode(.attach(.init(session: connect.session, token: connect.token))), to: socket,
-                until: deadline)
-            reply = try await reader.readMessage(from: socket, until: deadline)
+            switch link {
+            case .socket(let socket):
+                var reader = HandshakeReader()
+                try await SocketIO.write(line, to: socket, until: deadline)
+                reply = try await reader.readMessage(from: socket, until: deadline)
+                let remainder = reader.takeRemainder()
+                socket.pending.withLock { $0 = remainder }
+            case .adopted(let connection):
+                let endpoint = try await connection.endpoint()
+                let channel = connection.channel
+                let timer = Deadline(on: channel.eventLoop, after: .fromSeconds(timeout.inSeconds)) {
+                    channel.close(promise: nil)
+                }
+                defer { timer.cancel() }
+                try await endpoint.writer.write(line)
+                reply = try await endpoint.reader.readMessage()
+                if reply == nil, timer.expired { throw SocketIOError.timedOut }
+            }
         } catch let error as ProtocolError {
             return "bad answer to attach: \(error)"
         } catch SocketIOError.timedOut {

@@ -87,6 +87,10 @@ public struct RelayReport: Sendable, Codable, Equatable {
     public var lastError: String?
     /// When waiting: the time of the next attempt.
     public var retryAt: Date?
+    /// With TLS: handshakes with the relay that resumed a session with one of its tickets, and
+    /// those made in full, since the TLS settings in force were loaded.
+    public var tlsResumed: Int?
+    public var tlsFullHandshakes: Int?
 
     /// Creates the report.
     public init(address: String, state: String, reconnectAttempts: Int) {

@@ -182,41 +182,84 @@ public final class ConfigReader {
         return name
     }
 
-    /// A secret given inline as `secret` or read from the file named by `secretFile`
-    /// (exactly one of the two; surrounding white space of a file's content is dropped).
+    /// The directory systemd's `LoadCredential=` puts credentials in (`$CREDENTIALS_DIRECTORY`),
+    /// where `secretCredential` names a file; nil when the daemon was given none.
+    public var credentialsDirectory: String? = getenv("CREDENTIALS_DIRECTORY").map { String(cString: $0) }
+
+    /// The shortest secret accepted, in bytes: a shorter one could be guessed offline from
+    /// one proof seen on the path.
+    public static let minimumSecretBytes = 16
+
+    /// A secret given inline as `secret`, read from the file named by `secretFile`, or from the
+    /// systemd credential named by `secretCredential` (exactly one of the three; surrounding
+    /// white space of a file's content is dropped); at least ``minimumSecretBytes`` bytes.
     public func secret(_ object: [String: JSONValue], at path: String) -> Secret? {
-        let inline = self.string(object, "secret", at: path, required: false)
-        let file = self.string(object, "secretFile", at: path, required: false)
-        switch (inline, file) {
-        case (nil, nil):
-            if object["secret"] == nil && object["secretFile"] == nil {
-                self.problem("\(path).secret", "required key is missing (give 'secret' or 'secretFile')")
+        let keys = ["secret", "secretFile", "secretCredential"]
+        let given = keys.filter { object[$0] != nil }
+        let values = keys.map { self.string(object, $0, at: path, required: false) }
+        guard given.count == 1 else {
+            if given.isEmpty {
+                self.problem(
+                    "\(path).secret", "required key is missing (give 'secret', 'secretFile' or 'secretCredential')")
+            } else {
+                self.problem(
+                    "\(path).\(given[1])",
+                    "give only one of 'secret', 'secretFile' and 'secretCredential', not \(given.joined(separator: " and "))"
+                )
             }
             return nil
-        case (.some, .some):
-            self.problem("\(path).secretFile", "give either 'secret' or 'secretFile', not both")
-            return nil
-        case (let value?, nil):
-            guard !value.isEmpty else {
-                self.problem("\(path).secret", "must not be empty")
-                return nil
-            }
-            return Secret(value)
-        case (nil, let file?):
+        }
+        let source: (text: String, key: String)
+        switch (values[0], values[1], values[2]) {
+        case (let value?, _, _):
+            source = (value, "secret")
+        case (_, let file?, _):
             let full = file.hasPrefix("/") ? file : PathString.appending(file, to: self.baseDirectory)
-            let data: Data
-            switch Self.readFile(full) {
-            case .success(let bytes): data = bytes
-            case .failure(let reason):
-                self.problem("\(path).secretFile", "cannot read '\(full)': \(reason)")
+            guard let content = self.secretText(at: full, key: "\(path).secretFile") else { return nil }
+            source = (content, "secretFile")
+        case (_, _, let name?):
+            guard Names.isValid(name) else {
+                self.problem("\(path).secretCredential", "must be a credential name (\(Names.rule))")
                 return nil
             }
-            let text = String(decoding: data, as: UTF8.self).trimmingWhitespaceAndNewlines()
-            guard !text.isEmpty else {
-                self.problem("\(path).secretFile", "'\(full)' is empty")
+            guard let directory = self.credentialsDirectory, !directory.isEmpty else {
+                self.problem(
+                    "\(path).secretCredential",
+                    "$CREDENTIALS_DIRECTORY is not set: give the daemon the credential with systemd's LoadCredential=\(name):PATH"
+                )
                 return nil
             }
-            return Secret(text)
+            let full = PathString.appending(name, to: directory)
+            guard let content = self.secretText(at: full, key: "\(path).secretCredential") else { return nil }
+            source = (content, "secretCredential")
+        default:
+            return nil  // the value had the wrong type: noted already
+        }
+        let (text, key) = source
+        guard !text.isEmpty else {
+            self.problem("\(path).\(key)", "the secret is empty")
+            return nil
+        }
+        guard text.utf8.count >= Self.minimumSecretBytes else {
+            self.problem(
+                "\(path).\(key)",
+                "the secret is \(text.utf8.count) bytes, shorter than the minimum of \(Self.minimumSecretBytes); "
+                    + "make one with: openssl rand -base64 32")
+            return nil
+        }
+        return Secret(text)
+    }
+
+    /// The trimmed text of a secret file, or nil after noting why it cannot be had.
+    private func secretText(at full: String, key: String) -> String? {
+        switch Self.readFile(full) {
+        case .success(let bytes):
+            let text = String(decoding: bytes, as: UTF8.self).trimmingWhitespaceAndNewlines()
+            if text.isEmpty { self.problem(key, "'\(full)' is empty") }
+            return text.isEmpty ? nil : text
+        case .failure(let reason):
+            self.problem(key, "cannot read '\(full)': \(reason)")
+            return nil
         }
     }
 

@@ -7,8 +7,8 @@ import Synchronization
 /// The relay's and the agent's ends differ only here: each feeds its own pure state machine
 /// and carries out its actions, mostly by queueing messages on the loop.
 public protocol ControlChannelHandler: Sendable {
-    /// A line arrived and decoded.
-    func received(_ message: ControlMessage)
+    /// A line arrived and decoded, at `receivedAt` (``MonotonicMillis``).
+    func received(_ message: ControlMessage, at receivedAt: UInt64)
     /// A line could not be framed or decoded (too long, not JSON, not a valid message).
     func receivedInvalid(_ error: ProtocolError)
     /// Whether heartbeats run yet: only once the handshake is done.
@@ -54,12 +54,19 @@ public final class ControlChannelLoop: Sendable {
     private let closeReason = Mutex<String?>(nil)
     private let outbox: AsyncStream<Outgoing>
     private let outboxInput: AsyncStream<Outgoing>.Continuation
+    /// The clock messages are stamped with (`at`) as they are queued: the relay's end.
+    private let stamp: (@Sendable () -> UInt64)?
 
     /// Prepares the loop of `channel`, whose peer is called `peer` in close reasons, with
-    /// the heartbeat interval and timeout in seconds.
-    public init(channel: any Channel, peer: String, heartbeatInterval: Double, heartbeatTimeout: Double) {
+    /// the heartbeat interval and timeout in seconds; with `stamp`, every message that has an
+    /// `at` field is stamped with its reading when queued.
+    public init(
+        channel: any Channel, peer: String, heartbeatInterval: Double, heartbeatTimeout: Double,
+        stamp: (@Sendable () -> UInt64)? = nil
+    ) {
         self.channel = channel
         self.peer = peer
+        self.stamp = stamp
         self.timing = Mutex((heartbeatTimeout, Self.tick(for: heartbeatInterval)))
         self.heartbeat = Mutex(
             Heartbeat(interval: .seconds(heartbeatInterval), timeout: .seconds(heartbeatTimeout), now: .now)
@@ -83,6 +90,7 @@ public final class ControlChannelLoop: Sendable {
     /// Queues a message for the writer; `false` if the outbox is full or the channel is done.
     @discardableResult
     public func send(_ message: ControlMessage) -> Bool {
+        let message = self.stamp.map { message.stamped(at: $0()) } ?? message
         if case .enqueued = self.outboxInput.yield(.message(message)) { return true }
         return false
     }
@@ -139,7 +147,7 @@ public final class ControlChannelLoop: Sendable {
             while let line = try await reader.readLine() {
                 self.heard()
                 do {
-                    handler.received(try ControlCodec.decode(line))
+                    handler.received(try ControlCodec.decode(line), at: MonotonicMillis.now())
                 } catch {
                     handler.receivedInvalid(error)
                 }

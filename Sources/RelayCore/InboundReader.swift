@@ -10,6 +10,8 @@ public final class InboundReader: @unchecked Sendable {
     private var iterator: NIOAsyncChannelInboundStream<ByteBuffer>.AsyncIterator
     private var framer: LineFramer
     private var inRawMode = false
+    /// Whether bytes came already (the first ones are checked for a TLS record).
+    private var started = false
 
     /// Starts reading `stream`; lines longer than `maxLineBytes` are a protocol error.
     /// `buffered`: bytes already read from the socket before NIO adopted it (past a
@@ -20,7 +22,10 @@ public final class InboundReader: @unchecked Sendable {
     ) {
         self.iterator = stream.makeAsyncIterator()
         self.framer = LineFramer(maxLineBytes: maxLineBytes)
-        if !buffered.isEmpty { self.framer.append(ByteBuffer(bytes: buffered)) }
+        if !buffered.isEmpty {
+            self.framer.append(ByteBuffer(bytes: buffered))
+            self.started = true
+        }
     }
 
     /// The next complete line, or `nil` at end of stream (a partial last line is dropped).
@@ -30,6 +35,11 @@ public final class InboundReader: @unchecked Sendable {
         while true {
             if let line = try self.framer.nextLine() { return line }
             guard let bytes = try await self.iterator.next() else { return nil }
+            if !self.started {
+                self.started = true
+                // A plaintext side of the agent port hearing TLS says so rather than waiting for a line.
+                if TLSFailure.looksLikeTLS(bytes) { throw TLSFailure.plaintextSide }
+            }
             self.framer.append(bytes)
         }
     }

@@ -2,6 +2,7 @@ import FoundationEssentials
 import Glibc
 import NIOCore
 import NIOPosix
+import NIOSSL
 import RelayDataPlane
 import Synchronization
 
@@ -71,13 +72,15 @@ public enum Network {
 
     /// Connects to `address`, failing after `timeout`. A host name is resolved now, except
     /// `localhost` (and `*.localhost`), which is the loopback address whatever `/etc/hosts`
-    /// says or lacks (RFC 6761): 127.0.0.1 first, then ::1.
+    /// says or lacks (RFC 6761): 127.0.0.1 first, then ::1. `prepare` runs on the new channel
+    /// before it is wrapped (TLS puts its handler there).
     public static func dial(
         _ address: HostPort,
         timeout: TimeAmount,
         group: any EventLoopGroup,
         tuning: TCPTuning = TCPTuning(),
-        role: TCPTuning.Role = .data
+        role: TCPTuning.Role = .data,
+        prepare: (@Sendable (any Channel) throws -> Void)? = nil
     ) async throws -> TCPConnection {
         let bootstrap = ClientBootstrap(group: group)
             .connectTimeout(timeout)
@@ -85,7 +88,7 @@ public enum Network {
             .channelOption(.tcpOption(.tcp_nodelay), value: 1)
         guard address.isLocalhost else {
             return try await bootstrap.connect(host: address.host, port: address.port) { channel in
-                self.wrap(channel, tuning: tuning, role: role)
+                self.wrap(channel, tuning: tuning, role: role, prepare: prepare)
             }
         }
         var firstError: (any Error)?
@@ -93,7 +96,7 @@ public enum Network {
             do {
                 let socketAddress = try SocketAddress(ipAddress: loopback, port: address.port)
                 return try await bootstrap.connect(to: socketAddress) { channel in
-                    self.wrap(channel, tuning: tuning, role: role)
+                    self.wrap(channel, tuning: tuning, role: role, prepare: prepare)
                 }
             } catch {
                 firstError = firstError ?? error
@@ -104,13 +107,17 @@ public enum Network {
 
     /// Adopts a connected socket the daemon owns into NIO (a control channel, or a session
     /// pumped in user space): NIO owns the descriptor from then on and closes it.
-    public static func adopt(_ socket: OwnedSocket, group: any EventLoopGroup) async throws -> TCPConnection {
+    /// `prepare` runs on the new channel before it is wrapped (TLS puts its handler there).
+    public static func adopt(
+        _ socket: OwnedSocket, group: any EventLoopGroup, prepare: (@Sendable (any Channel) throws -> Void)? = nil
+    ) async throws -> TCPConnection {
         guard let descriptor = socket.take() else { throw SocketIOError.closed }
         return try await ClientBootstrap(group: group)
             .channelOption(.allowRemoteHalfClosure, value: true)
             .withConnectedSocket(descriptor.rawValue) { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try TCPConnection(
+                    try prepare?(channel)
+                    return try TCPConnection(
                         wrappingChannelSynchronously: channel, configuration: self.connectionConfiguration)
                 }
             }
@@ -119,6 +126,7 @@ public enum Network {
     /// A network error in a few lowercase words ("connection refused", "timed out").
     public static func describe(_ error: any Error) -> String {
         if let error = error as? SocketIOError { return error.description }
+        if error is NIOSSLError || error is BoringSSLError { return "TLS: " + TLSFailure.common(error) }
         if let error = error as? SystemError { return SystemError.describe(error.code) }
         if let error = error as? IOError { return String(cString: strerror(error.errnoCode)).lowercased() }
         if let error = error as? ChannelError, case .connectTimeout = error { return "timed out" }
@@ -137,11 +145,13 @@ public enum Network {
             .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
     }
 
-    private static func wrap(_ channel: any Channel, tuning: TCPTuning, role: TCPTuning.Role)
-        -> EventLoopFuture<TCPConnection>
-    {
+    private static func wrap(
+        _ channel: any Channel, tuning: TCPTuning, role: TCPTuning.Role,
+        prepare: (@Sendable (any Channel) throws -> Void)?
+    ) -> EventLoopFuture<TCPConnection> {
         channel.eventLoop.makeCompletedFuture {
             try tuning.apply(to: channel, role: role)
+            try prepare?(channel)
             return try TCPConnection(wrappingChannelSynchronously: channel, configuration: self.connectionConfiguration)
         }
     }

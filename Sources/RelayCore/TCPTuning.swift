@@ -86,7 +86,7 @@ public struct TCPTuning: Sendable, Equatable {
     }
 
     /// Applies the settings for `role` to a TCP socket, on its event loop.
-    func apply(to channel: any Channel, role: Role) throws {
+    public func apply(to channel: any Channel, role: Role) throws {
         guard let options = channel.syncOptions else { return }
         if let times = self.keepaliveTimes {
             try options.setOption(.socketOption(.so_keepalive), value: 1)

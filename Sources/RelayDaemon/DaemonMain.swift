@@ -77,6 +77,9 @@ public struct DaemonOptions<Daemon: DaemonDefinition>: ParsableArguments {
 
     public init() {}
 
+    /// The config file given (or the default).
+    public var configPath: String { self.config }
+
     /// Runs the daemon (or the check asked for); exits 1 on any failure.
     public func run() async throws {
         if self.checkPlaceholders {

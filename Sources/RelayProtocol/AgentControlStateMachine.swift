@@ -2,6 +2,11 @@
 /// state machine: call ``start()``, feed it each received message, perform the actions.
 ///
 /// idle → awaitingChallenge → awaitingWelcome → awaitingRegistered → ready → closed.
+///
+/// Authentication is mutual: `hello` carries the agent's nonce, `auth` proves the secret over
+/// both nonces, and the relay's `welcome` must prove it too (with another label) before the
+/// agent registers anything. A relay that cannot is an impostor, or holds another secret:
+/// the channel closes (``Action/relayNotProven``) and no `register` is ever sent.
 public struct AgentControlStateMachine: Sendable {
     /// The states of a control channel at the agent.
     public enum State: Equatable, Sendable {
@@ -34,6 +39,12 @@ public struct AgentControlStateMachine: Sendable {
         case pongReceived(seq: UInt64)
         /// The relay reported an error (such as `auth_failed`) and will close.
         case peerError(ControlMessage.ErrorReport)
+        /// The relay's `welcome` proof is wrong: it does not know this agent's secret. An
+        /// `error` follows as ``fail(_:)``; nothing else is sent.
+        case relayNotProven
+        /// A `connect` arrived `lag` milliseconds later than the channel's quickest messages,
+        /// past its `expiresIn`: dropped without dialling; a `refuse` follows as ``send(_:)``.
+        case connectExpired(ControlMessage.Connect, lag: Int64)
     }
 
     /// The current state.
@@ -41,23 +52,38 @@ public struct AgentControlStateMachine: Sendable {
     private let agentID: String
     private let secret: Secret
     private let services: [String]
+    /// The nonce this agent sent in `hello`.
+    private let agentNonce: String
+    /// The relay's nonce, once its `challenge` came.
+    private var relayNonce: String?
+    /// How late `connect`s arrive, from the relay's clock stamps.
+    private var connectAge = ConnectAge()
 
-    /// Creates the machine for one connection attempt.
-    public init(agentID: String, secret: Secret, services: [String]) {
+    /// Creates the machine for one connection attempt; `agentNonce` is the fresh nonce its
+    /// `hello` carries.
+    public init(agentID: String, secret: Secret, services: [String], agentNonce: String = Authenticator.makeNonce()) {
         self.agentID = agentID
         self.secret = secret
         self.services = services
+        self.agentNonce = agentNonce
     }
 
     /// Opens the handshake: the first line to send.
     public mutating func start() -> [Action] {
         guard self.state == .idle else { return [] }
         self.state = .awaitingChallenge
-        return [.send(.hello(.init(agent: self.agentID)))]
+        return [.send(.hello(.init(agent: self.agentID, nonce: self.agentNonce)))]
     }
 
-    /// Handles one message received from the relay.
-    public mutating func receive(_ message: ControlMessage) -> [Action] {
+    /// Handles one message received from the relay; `receivedAt` is the agent's monotonic
+    /// clock in milliseconds when it arrived (nil: the age of a `connect` is not judged).
+    public mutating func receive(_ message: ControlMessage, receivedAt: UInt64? = nil) -> [Action] {
+        if let receivedAt, let at = message.at {
+            switch message {
+            case .challenge, .welcome, .ping, .pong: self.connectAge.observe(at: at, receivedAt: receivedAt)
+            default: break
+            }
+        }
         switch (self.state, message) {
         case (.closed, _):
             return []
@@ -66,9 +92,18 @@ public struct AgentControlStateMachine: Sendable {
             return [.peerError(report)]
         case (.awaitingChallenge, .challenge(let challenge)):
             self.state = .awaitingWelcome
-            let proof = Authenticator.proof(secret: self.secret, nonce: challenge.nonce, agentID: self.agentID)
+            self.relayNonce = challenge.nonce
+            let proof = Authenticator.agentProof(secret: self.secret, self.handshake(relayNonce: challenge.nonce))
             return [.send(.auth(.init(proof: proof)))]
-        case (.awaitingWelcome, .welcome):
+        case (.awaitingWelcome, .welcome(let welcome)):
+            let handshake = self.handshake(relayNonce: self.relayNonce ?? "")
+            guard Authenticator.verifyRelay(proof: welcome.proof, secret: self.secret, handshake) else {
+                self.state = .closed
+                return [
+                    .relayNotProven,
+                    .fail(ProtocolError(.authFailed, "relay failed to prove it knows the secret")),
+                ]
+            }
             self.state = .awaitingRegistered
             return [.send(.register(.init(services: self.services)))]
         case (.awaitingRegistered, .registered(let registered)):
@@ -84,6 +119,15 @@ public struct AgentControlStateMachine: Sendable {
                 )
                 return [.send(.refuse(refusal))]
             }
+            if let receivedAt, self.connectAge.isExpired(connect, receivedAt: receivedAt) {
+                let lag = self.connectAge.lag(at: connect.at ?? 0, receivedAt: receivedAt)
+                let refusal = ControlMessage.Refuse(
+                    session: connect.session,
+                    code: .connectExpired,
+                    message: "connect arrived \(lag) ms late, past its \(connect.expiresIn ?? 0) ms: dropped"
+                )
+                return [.connectExpired(connect, lag: lag), .send(.refuse(refusal))]
+            }
             return [.connectRequested(connect)]
         case (.awaitingRegistered, .ping(let ping)), (.ready, .ping(let ping)):
             return [.send(.pong(.init(seq: ping.seq)))]
@@ -94,6 +138,10 @@ public struct AgentControlStateMachine: Sendable {
             self.state = .closed
             return [.fail(ProtocolError(.unexpectedMessage, "'\(message.type)' is not expected now"))]
         }
+    }
+
+    private func handshake(relayNonce: String) -> Authenticator.Handshake {
+        Authenticator.Handshake(relayNonce: relayNonce, agentNonce: self.agentNonce, agentID: self.agentID)
     }
 
     /// Handles a line that could not be decoded: report it and close.

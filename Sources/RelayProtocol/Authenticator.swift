@@ -2,40 +2,101 @@ import Crypto
 import FoundationEssentials
 import RelaySupport
 
-/// The challenge/response that proves an agent knows its secret without sending it (S1–S2).
+/// The mutual challenge/response of a control channel (S1–S2) and the proof that binds a
+/// data channel to its agent (S10), all HMAC-SHA256 keyed by the agent's secret:
 ///
-/// proof = hex(HMAC-SHA256(key: secret, message: "relay-auth-v1" NUL nonce NUL agentID)),
-/// where `nonce` is the base64 text exactly as the relay sent it in `challenge`.
+/// - agent proof (in `auth`):   HMAC(secret, "relay-auth-v2" NUL relayNonce NUL agentNonce NUL agentID)
+/// - relay proof (in `welcome`): HMAC(secret, "relay-welcome-v2" NUL relayNonce NUL agentNonce NUL agentID)
+/// - attach proof (in `attach`): HMAC(secret, "relay-attach-v2" NUL session NUL token)
+///
+/// Proofs are 64 lowercase hex digits; nonces are the base64 text exactly as sent. The labels
+/// keep the three apart: no proof of one kind is ever a valid proof of another.
 public enum Authenticator {
-    /// Domain separation: this HMAC key is used for nothing else, but a label keeps it so.
-    static let label = "relay-auth-v1"
+    /// Label of the agent's proof in `auth`.
+    static let agentLabel = "relay-auth-v2"
+    /// Label of the relay's proof in `welcome`.
+    static let relayLabel = "relay-welcome-v2"
+    /// Label of the proof in `attach`.
+    static let attachLabel = "relay-attach-v2"
 
-    /// A fresh random nonce, base64 encoded, for one `challenge`.
+    /// What both handshake proofs cover: the two nonces and the agent id.
+    public struct Handshake: Equatable, Sendable {
+        /// The relay's nonce, from `challenge`.
+        public var relayNonce: String
+        /// The agent's nonce, from `hello`.
+        public var agentNonce: String
+        /// The agent id, from `hello`.
+        public var agentID: String
+
+        public init(relayNonce: String, agentNonce: String, agentID: String) {
+            self.relayNonce = relayNonce
+            self.agentNonce = agentNonce
+            self.agentID = agentID
+        }
+
+        fileprivate var fields: [String] { [self.relayNonce, self.agentNonce, self.agentID] }
+    }
+
+    /// A key no agent holds, for the proof an unknown agent id is checked against: an
+    /// unknown id then costs the relay the same work as a known one with a wrong proof.
+    public static let dummySecret = Secret(randomBytes(32))
+
+    /// A fresh random nonce, base64 encoded, for one `hello` or `challenge`.
     public static func makeNonce() -> String {
         Data(randomBytes(ProtocolLimits.nonceBytes)).base64EncodedString()
     }
 
     /// The proof an agent sends in `auth`.
-    public static func proof(secret: Secret, nonce: String, agentID: String) -> String {
-        let mac = HMAC<SHA256>.authenticationCode(
-            for: message(nonce: nonce, agentID: agentID),
-            using: SymmetricKey(data: secret.bytes)
-        )
-        return Hex.encode(Array(mac))
+    public static func agentProof(secret: Secret, _ handshake: Handshake) -> String {
+        self.mac(secret, self.agentLabel, handshake.fields)
     }
 
-    /// Whether `proof` is right, compared in constant time.
-    public static func verify(proof: String, secret: Secret, nonce: String, agentID: String) -> Bool {
-        guard let code = Hex.decode(proof) else { return false }
-        return HMAC<SHA256>.isValidAuthenticationCode(
-            code,
-            authenticating: message(nonce: nonce, agentID: agentID),
-            using: SymmetricKey(data: secret.bytes)
-        )
+    /// Whether an agent's `auth` proof is right, compared in constant time.
+    public static func verifyAgent(proof: String, secret: Secret, _ handshake: Handshake) -> Bool {
+        self.verify(proof, secret, self.agentLabel, handshake.fields)
     }
 
-    private static func message(nonce: String, agentID: String) -> [UInt8] {
-        Array(label.utf8) + [0] + Array(nonce.utf8) + [0] + Array(agentID.utf8)
+    /// The proof the relay sends in `welcome`.
+    public static func relayProof(secret: Secret, _ handshake: Handshake) -> String {
+        self.mac(secret, self.relayLabel, handshake.fields)
+    }
+
+    /// Whether the relay's `welcome` proof is right, compared in constant time.
+    public static func verifyRelay(proof: String, secret: Secret, _ handshake: Handshake) -> Bool {
+        self.verify(proof, secret, self.relayLabel, handshake.fields)
+    }
+
+    /// The proof an agent sends in `attach` for a session it was offered.
+    public static func attachProof(secret: Secret, session: String, token: String) -> String {
+        self.mac(secret, self.attachLabel, [session, token])
+    }
+
+    /// Whether an `attach` proof is right, compared in constant time.
+    public static func verifyAttach(proof: String, secret: Secret, session: String, token: String) -> Bool {
+        self.verify(proof, secret, self.attachLabel, [session, token])
+    }
+
+    private static func mac(_ secret: Secret, _ label: String, _ fields: [String]) -> String {
+        let code = HMAC<SHA256>.authenticationCode(
+            for: self.message(label, fields), using: SymmetricKey(data: secret.bytes))
+        return Hex.encode(Array(code))
+    }
+
+    private static func verify(_ proof: String, _ secret: Secret, _ label: String, _ fields: [String]) -> Bool {
+        // A malformed proof still costs one HMAC, so its answer comes no sooner.
+        let code = Hex.decode(proof) ?? []
+        let valid = HMAC<SHA256>.isValidAuthenticationCode(
+            code, authenticating: self.message(label, fields), using: SymmetricKey(data: secret.bytes))
+        return valid && code.count == SHA256.byteCount
+    }
+
+    private static func message(_ label: String, _ fields: [String]) -> [UInt8] {
+        var bytes = Array(label.utf8)
+        for field in fields {
+            bytes.append(0)
+            bytes.append(contentsOf: field.utf8)
+        }
+        return bytes
     }
 }
 

@@ -5,12 +5,17 @@ extension ControlMessage {
         switch self {
         case .hello(let m):
             try Names.require(m.agent, field: "agent")
+            // Version 1 had no nonce: its `hello` decodes, to be answered `unsupported_version`.
+            if m.version == ProtocolLimits.version || m.nonce != nil {
+                try Self.require(Self.isNonce(m.nonce), "nonce")
+            }
         case .challenge(let m):
-            try Self.require(!m.nonce.isEmpty && m.nonce.count <= 128, "nonce")
+            try Self.require(Self.isNonce(m.nonce), "nonce")
         case .auth(let m):
-            try Self.require(m.proof.count == 64, "proof")
+            try Self.require(Self.isProof(m.proof), "proof")
         case .welcome(let m):
             try Self.require(m.heartbeatSeconds.isFinite && m.heartbeatSeconds >= 0, "heartbeatSeconds")
+            try Self.require(Self.isProof(m.proof), "proof")
         case .register(let m):
             try Self.require(m.services.count <= ProtocolLimits.maxServicesPerAgent, "services")
             for name in m.services { try Names.require(name, field: "services") }
@@ -25,11 +30,24 @@ extension ControlMessage {
         case .attach(let m):
             try SessionIDs.require(m.session)
             try Self.require(Tokens.isWellFormed(m.token), "token")
+            // Version 1 had no proof: its `attach` decodes, to be answered `unsupported_version`.
+            if m.version == ProtocolLimits.version || m.proof != nil {
+                try Self.require(Self.isProof(m.proof), "proof")
+            }
         case .attached(let m):
             try SessionIDs.require(m.session)
         case .ping, .pong, .error:
             break
         }
+    }
+
+    private static func isNonce(_ nonce: String?) -> Bool {
+        guard let nonce else { return false }
+        return !nonce.isEmpty && nonce.utf8.count <= ProtocolLimits.maxNonceLength
+    }
+
+    private static func isProof(_ proof: String?) -> Bool {
+        proof?.utf8.count == 64
     }
 
     private static func require(_ condition: Bool, _ field: String) throws(ProtocolError) {

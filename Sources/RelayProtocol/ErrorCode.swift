@@ -21,10 +21,14 @@ public enum ErrorCode: String, Codable, Sendable, CaseIterable {
     case timeout = "timeout"
     /// An `attach` names no pending session (unknown, already attached, or expired).
     case unknownSession = "unknown_session"
-    /// An `attach` carries the wrong token for its session.
+    /// An `attach` carries the wrong token for its session, or a proof not made with the
+    /// secret of the agent the session was offered to (the two are deliberately not told apart).
     case badToken = "bad_token"
     /// A service the relay's config does not assign to this agent, or the agent does not serve.
     case unknownService = "unknown_service"
+    /// The agent received a `connect` after the relay had stopped waiting for it (the agent
+    /// was stalled): it was dropped without dialling the target.
+    case connectExpired = "connect_expired"
     /// The agent could not connect to the service's target.
     case targetUnreachable = "target_unreachable"
     /// The agent reached the target but could not open a data channel to the relay.

@@ -5,6 +5,11 @@ import NIOCore
 /// A pure buffer: feed it what the socket read, take out complete lines, and when the
 /// connection turns into a raw byte stream (a data channel after `attach`) take the
 /// bytes that arrived past the last line with ``takeRemainder()``.
+///
+/// It never holds more than one line (at most ``maxLineBytes``) plus one read: bytes taken
+/// out as lines are let go of at the next append. (A `ByteBuffer` keeps the bytes before its
+/// reader index, and appending to one grows its storage without discarding them: a peer
+/// whose every write left a partial line pending made the framer grow without bound.)
 public struct LineFramer: Sendable {
     /// The longest line accepted, its newline included.
     public let maxLineBytes: Int
@@ -18,14 +23,23 @@ public struct LineFramer: Sendable {
     /// How many bytes are held that are not yet part of a complete line.
     public var bufferedBytes: Int { self.buffer?.readableBytes ?? 0 }
 
-    /// Adds bytes read from the connection.
+    /// The bytes of storage the framer keeps alive, consumed ones included: at most one
+    /// line plus one read (what bounds a peer's hold on our memory).
+    public var retainedBytes: Int { self.buffer?.storageCapacity ?? 0 }
+
+    /// Adds bytes read from the connection. The pending partial line and `bytes` go into a
+    /// fresh buffer of their size, so nothing already taken out stays allocated.
     public mutating func append(_ bytes: ByteBuffer) {
-        if self.buffer == nil || self.buffer!.readableBytes == 0 {
+        guard var pending = self.buffer, pending.readableBytes > 0 else {
             self.buffer = bytes
-        } else {
-            var incoming = bytes
-            self.buffer!.writeBuffer(&incoming)
+            return
         }
+        self.buffer = nil
+        var incoming = bytes
+        var fresh = ByteBufferAllocator().buffer(capacity: pending.readableBytes + incoming.readableBytes)
+        fresh.writeBuffer(&pending)
+        fresh.writeBuffer(&incoming)
+        self.buffer = fresh
     }
 
     /// The next complete line without its `\n` (and without a `\r` before it), or `nil`

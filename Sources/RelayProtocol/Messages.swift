@@ -2,13 +2,14 @@
 /// line of a data channel (channel 3). One message is one JSON object on one line, with
 /// its kind in the `type` field. Unknown fields are ignored, so later versions can add some.
 public enum ControlMessage: Equatable, Sendable {
-    /// Agent → relay, first line of a control channel: who I am, which version I speak.
+    /// Agent → relay, first line of a control channel: who I am, which version I speak, and
+    /// the agent's own fresh nonce, which the relay's proof in `welcome` must cover.
     case hello(Hello)
     /// Relay → agent: a fresh nonce the agent must prove its secret over.
     case challenge(Challenge)
-    /// Agent → relay: the HMAC proof over the nonce and the agent id.
+    /// Agent → relay: the HMAC proof over both nonces and the agent id.
     case auth(Auth)
-    /// Relay → agent: authentication succeeded.
+    /// Relay → agent: authentication succeeded, with the relay's own proof over both nonces.
     case welcome(Welcome)
     /// Agent → relay: the services this agent can reach (S3).
     case register(Register)
@@ -50,20 +51,29 @@ public enum ControlMessage: Equatable, Sendable {
 }
 
 extension ControlMessage {
-    /// `{"type":"hello","version":1,"agent":"office"}`
+    /// `{"type":"hello","version":2,"agent":"office","nonce":"<base64 of 32 random bytes>"}`
     public struct Hello: Codable, Equatable, Sendable {
         public var version: Int
         public var agent: String
-        public init(version: Int = ProtocolLimits.version, agent: String) {
+        /// The agent's fresh nonce. Optional in the type only, so that a version 1 `hello`
+        /// (which has none) decodes and is answered `unsupported_version`; version 2 requires it.
+        public var nonce: String?
+        public init(version: Int = ProtocolLimits.version, agent: String, nonce: String?) {
             self.version = version
             self.agent = agent
+            self.nonce = nonce
         }
     }
 
-    /// `{"type":"challenge","nonce":"<base64 of 32 random bytes>"}`
+    /// `{"type":"challenge","nonce":"<base64 of 32 random bytes>","at":81234}`
     public struct Challenge: Codable, Equatable, Sendable {
         public var nonce: String
-        public init(nonce: String) { self.nonce = nonce }
+        /// The relay's monotonic clock in milliseconds when it sent this (see ``Connect/at``).
+        public var at: UInt64?
+        public init(nonce: String, at: UInt64? = nil) {
+            self.nonce = nonce
+            self.at = at
+        }
     }
 
     /// `{"type":"auth","proof":"<64 hex digits>"}`
@@ -72,10 +82,19 @@ extension ControlMessage {
         public init(proof: String) { self.proof = proof }
     }
 
-    /// `{"type":"welcome","heartbeatSeconds":10}`: the relay's heartbeat interval, for information.
+    /// `{"type":"welcome","heartbeatSeconds":10,"proof":"<64 hex digits>","at":81236}`: the
+    /// relay's heartbeat interval, for information, and its proof that it knows the agent's secret.
     public struct Welcome: Codable, Equatable, Sendable {
         public var heartbeatSeconds: Double
-        public init(heartbeatSeconds: Double) { self.heartbeatSeconds = heartbeatSeconds }
+        /// The relay's proof over both nonces (``Authenticator/relayProof(secret:_:)``).
+        public var proof: String
+        /// The relay's monotonic clock in milliseconds when it sent this.
+        public var at: UInt64?
+        public init(heartbeatSeconds: Double, proof: String, at: UInt64? = nil) {
+            self.heartbeatSeconds = heartbeatSeconds
+            self.proof = proof
+            self.at = at
+        }
     }
 
     /// `{"type":"register","services":["web","ssh"]}`
@@ -106,18 +125,28 @@ extension ControlMessage {
         }
     }
 
-    /// `{"type":"connect","session":"3f9a0c12be47","service":"web","token":"…","client":"203.0.113.9:51234"}`
+    /// `{"type":"connect","session":"3f9a0c12be47","service":"web","token":"…","client":"203.0.113.9:51234","at":81240,"expiresIn":10000}`
     public struct Connect: Codable, Equatable, Sendable {
         public var session: String
         public var service: String
         public var token: String
         /// The client's address as the relay saw it, for the agent's logs.
         public var client: String
-        public init(session: String, service: String, token: String, client: String) {
+        /// The relay's monotonic clock in milliseconds when it sent this. Only differences
+        /// between two `at` values of one control channel mean anything (``ConnectAge``).
+        public var at: UInt64?
+        /// How many milliseconds after `at` the relay stops waiting for the data channel.
+        public var expiresIn: UInt64?
+        public init(
+            session: String, service: String, token: String, client: String, at: UInt64? = nil,
+            expiresIn: UInt64? = nil
+        ) {
             self.session = session
             self.service = service
             self.token = token
             self.client = client
+            self.at = at
+            self.expiresIn = expiresIn
         }
     }
 
@@ -133,15 +162,20 @@ extension ControlMessage {
         }
     }
 
-    /// `{"type":"attach","version":1,"session":"3f9a0c12be47","token":"…"}`
+    /// `{"type":"attach","version":2,"session":"3f9a0c12be47","token":"…","proof":"<64 hex digits>"}`
     public struct Attach: Codable, Equatable, Sendable {
         public var version: Int
         public var session: String
         public var token: String
-        public init(version: Int = ProtocolLimits.version, session: String, token: String) {
+        /// HMAC keyed by the agent's secret over the session and token
+        /// (``Authenticator/attachProof(secret:session:token:)``). Optional in the type only,
+        /// so that a version 1 `attach` decodes and is answered `unsupported_version`.
+        public var proof: String?
+        public init(version: Int = ProtocolLimits.version, session: String, token: String, proof: String?) {
             self.version = version
             self.session = session
             self.token = token
+            self.proof = proof
         }
     }
 
@@ -151,16 +185,26 @@ extension ControlMessage {
         public init(session: String) { self.session = session }
     }
 
-    /// `{"type":"ping","seq":7}`
+    /// `{"type":"ping","seq":7}`; from the relay also `"at":81250`.
     public struct Ping: Codable, Equatable, Sendable {
         public var seq: UInt64
-        public init(seq: UInt64) { self.seq = seq }
+        /// The relay's monotonic clock in milliseconds when it sent this (the agent sends none).
+        public var at: UInt64?
+        public init(seq: UInt64, at: UInt64? = nil) {
+            self.seq = seq
+            self.at = at
+        }
     }
 
-    /// `{"type":"pong","seq":7}`
+    /// `{"type":"pong","seq":7}`; from the relay also `"at":81251`.
     public struct Pong: Codable, Equatable, Sendable {
         public var seq: UInt64
-        public init(seq: UInt64) { self.seq = seq }
+        /// The relay's monotonic clock in milliseconds when it sent this (the agent sends none).
+        public var at: UInt64?
+        public init(seq: UInt64, at: UInt64? = nil) {
+            self.seq = seq
+            self.at = at
+        }
     }
 
     /// `{"type":"error","code":"auth_failed","message":"authentication failed"}`
@@ -170,6 +214,44 @@ extension ControlMessage {
         public init(code: ErrorCode, message: String) {
             self.code = code
             self.message = message
+        }
+    }
+}
+
+extension ControlMessage {
+    /// The relay's clock reading this message carries (`at`), if any.
+    public var at: UInt64? {
+        switch self {
+        case .challenge(let m): m.at
+        case .welcome(let m): m.at
+        case .connect(let m): m.at
+        case .ping(let m): m.at
+        case .pong(let m): m.at
+        default: nil
+        }
+    }
+
+    /// This message with `at` set to `millis` where the message has the field and it is
+    /// unset (the relay stamps what it sends with its monotonic clock).
+    public func stamped(at millis: UInt64) -> ControlMessage {
+        switch self {
+        case .challenge(var m) where m.at == nil:
+            m.at = millis
+            return .challenge(m)
+        case .welcome(var m) where m.at == nil:
+            m.at = millis
+            return .welcome(m)
+        case .connect(var m) where m.at == nil:
+            m.at = millis
+            return .connect(m)
+        case .ping(var m) where m.at == nil:
+            m.at = millis
+            return .ping(m)
+        case .pong(var m) where m.at == nil:
+            m.at = millis
+            return .pong(m)
+        default:
+            return self
         }
     }
 }

@@ -2,16 +2,27 @@
 ///
 /// Everything here is part of the protocol: changing a value changes what a peer may send.
 public enum ProtocolLimits {
-    /// The protocol version this build speaks, sent in `hello` and `attach`.
-    public static let version = 1
+    /// The protocol version this build speaks, sent in `hello` and `attach`. Version 2 made
+    /// authentication mutual and bound data channels to their agent; a peer speaking
+    /// another version is answered `unsupported_version`.
+    public static let version = 2
 
     /// The longest control line accepted, newline included. A longer line is a protocol
     /// error (`line_too_long`) and the connection is closed: no control message comes
     /// near this, so it only bounds what a hostile peer can make us buffer.
     public static let maxLineBytes = 16 * 1024
 
-    /// Bytes of randomness in the relay's authentication nonce.
+    /// Bytes of randomness in each authentication nonce (the relay's and the agent's).
     public static let nonceBytes = 32
+
+    /// The longest nonce accepted from a peer, in characters (base64 of 32 bytes is 44).
+    public static let maxNonceLength = 128
+
+    /// How many recent clock samples (`at` of handshake and heartbeat messages) an agent
+    /// keeps per control channel to estimate the smallest one-way offset to the relay's
+    /// clock (``ConnectAge``). At one relay ping and one pong per heartbeat interval this
+    /// covers 32 intervals, short enough that clock drift between the hosts stays negligible.
+    public static let connectAgeSamples = 64
 
     /// Bytes of randomness in a session's attach token.
     public static let tokenBytes = 32

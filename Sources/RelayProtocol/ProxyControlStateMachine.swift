@@ -20,13 +20,19 @@ public struct AgentCredentials: Sendable {
 ///
 /// awaitingHello → awaitingAuth → awaitingRegister → ready → closed. Any violation sends an
 /// `error` and closes; nothing in here does I/O.
+///
+/// The agent proves its secret first (over both nonces), so a stranger never obtains a relay
+/// proof to guess a secret from offline; only then does `welcome` carry the relay's proof. An
+/// unknown agent id is checked against a dummy key, exactly as many HMACs as a known one, and
+/// answered with the same bytes.
 public struct ProxyControlStateMachine: Sendable {
     /// The states of a control channel at the relay.
     public enum State: Equatable, Sendable {
         /// Waiting for the agent's `hello`.
         case awaitingHello
-        /// Sent `challenge` with this nonce to the agent claiming this id.
-        case awaitingAuth(agent: String, nonce: String)
+        /// Sent `challenge` with this nonce to the agent claiming this id, whose `hello`
+        /// carried `agentNonce`.
+        case awaitingAuth(agent: String, nonce: String, agentNonce: String)
         /// Authenticated; waiting for `register`.
         case awaitingRegister(agent: String)
         /// Registered: the agent serves these services and answers `connect`.
@@ -68,16 +74,27 @@ public struct ProxyControlStateMachine: Sendable {
     private let lookup: @Sendable (String) -> AgentCredentials?
     private let makeNonce: @Sendable () -> String
     private let heartbeatSeconds: Double
+    private let verify: Verifier
+
+    /// Checks an agent's proof against one candidate secret (injectable, so a test can
+    /// count the checks an unknown id costs).
+    public typealias Verifier = @Sendable (_ proof: String, _ secret: Secret, Authenticator.Handshake) -> Bool
+
+    /// How many secrets every `auth` is checked against, whoever claims to send it: the
+    /// current one and one from a rotation window, padded with the dummy key.
+    public static let proofChecks = 2
 
     /// Creates the machine for a fresh connection; `lookup` answers from the relay's config.
     public init(
         heartbeatSeconds: Double,
         lookup: @escaping @Sendable (String) -> AgentCredentials?,
-        makeNonce: @escaping @Sendable () -> String = Authenticator.makeNonce
+        makeNonce: @escaping @Sendable () -> String = Authenticator.makeNonce,
+        verify: @escaping Verifier = { Authenticator.verifyAgent(proof: $0, secret: $1, $2) }
     ) {
         self.heartbeatSeconds = heartbeatSeconds
         self.lookup = lookup
         self.makeNonce = makeNonce
+        self.verify = verify
     }
 
     /// The secret the agent proved it holds: the current one, or one still accepted
@@ -102,24 +119,37 @@ public struct ProxyControlStateMachine: Sendable {
             return [.peerError(report)]
         case (.awaitingHello, .hello(let hello)):
             guard hello.version == ProtocolLimits.version else {
-                return self.fail(.unsupportedVersion, "this relay speaks protocol version \(ProtocolLimits.version)")
+                return self.fail(.unsupportedVersion, Self.versionMismatch(hello.version))
+            }
+            guard let agentNonce = hello.nonce else {
+                return self.fail(.badMessage, "missing field 'nonce'")
             }
             let nonce = self.makeNonce()
-            self.state = .awaitingAuth(agent: hello.agent, nonce: nonce)
+            self.state = .awaitingAuth(agent: hello.agent, nonce: nonce, agentNonce: agentNonce)
             return [.send(.challenge(.init(nonce: nonce)))]
-        case (.awaitingAuth(let agent, let nonce), .auth(let auth)):
-            guard let credentials = self.lookup(agent) else {
-                return [.authenticationFailed(agent: agent, .unknownAgent)] + self.authFailed()
+        case (.awaitingAuth(let agent, let nonce, let agentNonce), .auth(let auth)):
+            let handshake = Authenticator.Handshake(relayNonce: nonce, agentNonce: agentNonce, agentID: agent)
+            let credentials = self.lookup(agent)
+            // Every claim costs the same checks: a known id's secrets, padded with the dummy
+            // key (an unknown id gets only that), each checked, none skipped.
+            var candidates = credentials.map { [$0.secret] + $0.previousSecrets } ?? []
+            let known = candidates.count
+            while candidates.count < Self.proofChecks { candidates.append(Authenticator.dummySecret) }
+            var proved: Secret?
+            for (index, candidate) in candidates.enumerated() {
+                let valid = self.verify(auth.proof, candidate, handshake)
+                if valid && index < known && proved == nil { proved = candidate }
             }
-            let proved = ([credentials.secret] + credentials.previousSecrets).first {
-                Authenticator.verify(proof: auth.proof, secret: $0, nonce: nonce, agentID: agent)
+            guard credentials != nil else {
+                return [.authenticationFailed(agent: agent, .unknownAgent)] + self.authFailed()
             }
             guard let proved else {
                 return [.authenticationFailed(agent: agent, .badProof)] + self.authFailed()
             }
             self.provedSecret = proved
             self.state = .awaitingRegister(agent: agent)
-            return [.send(.welcome(.init(heartbeatSeconds: self.heartbeatSeconds)))]
+            let proof = Authenticator.relayProof(secret: proved, handshake)
+            return [.send(.welcome(.init(heartbeatSeconds: self.heartbeatSeconds, proof: proof)))]
         case (.awaitingRegister(let agent), .register(let register)):
             let assigned = self.lookup(agent)?.services ?? []
             var accepted: [String] = []
@@ -170,6 +200,12 @@ public struct ProxyControlStateMachine: Sendable {
         guard self.state != .closed else { return [] }
         self.state = .closed
         return [.fail(ProtocolError(code, message))]
+    }
+
+    /// What an agent speaking `version` is told.
+    public static func versionMismatch(_ version: Int) -> String {
+        "this relay speaks protocol version \(ProtocolLimits.version), the agent \(version): "
+            + "install the same release of relay-agent as of relay-proxy"
     }
 
     private mutating func authFailed() -> [Action] {

@@ -320,7 +320,7 @@ public struct SessionStateMachine: Sendable {
             return self.endBeforeJoin(.attachTimeout(self.attachTimeout), reset: false)
         case (.relay, .awaitingDataChannel, .dataChannelArrived(let tokenMatches)):
             guard tokenMatches else {
-                return [.rejectDataChannel(ProtocolError(.badToken, "wrong token for this session"))]
+                return [.rejectDataChannel(ProtocolError(.badToken, "wrong token or proof for this session"))]
             }
             self.state = .pending(.attaching)
             return [.cancelAttachTimer, .sendAttached]

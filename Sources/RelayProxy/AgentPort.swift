@@ -6,6 +6,9 @@ import RelayProtocol
 /// Serves connections on the agent port: the first line, read on the accepted descriptor,
 /// decides whether a connection is a control channel (`hello`, then adopted into NIO) or a
 /// data channel for one session (`attach`, then kept as a descriptor for the data plane).
+/// With `tls` the connection is adopted into NIO with the relay's TLS handler at once; the
+/// first line is read through it, and a data channel stays in NIO (its session is pumped in
+/// user space).
 struct AgentPort {
     let state: ProxyState
     let group: any EventLoopGroup
@@ -14,8 +17,9 @@ struct AgentPort {
     /// Handles one accepted connection: a control channel until it closes, a data channel
     /// until it is handed to its session.
     func handle(_ socket: OwnedSocket) async {
-        // Limits first, before a byte is read: a source refused after failed proofs, and the
-        // connections not yet authenticated (AgentPortLimits.swift).
+        if let tls = self.state.config.tls { return await self.handle(socket, tls: tls) }
+        // Limits first, before a byte is read: the connections not yet authenticated
+        // (AgentPortLimits.swift). (TLS connections: not yet.)
         guard let slot = self.admit(socket) else { return socket.close() }
         defer { slot.release() }
         let timeout = self.state.config.handshakeTimeout
@@ -81,40 +85,64 @@ struct AgentPort {
         }
     }
 
-    /// S10–S11 at the relay: checks an attach and hands the data channel, with what the agent
-    /// sent past the `attach` line, to the waiting session.
+    /// S10–S11 at the relay on a plaintext data channel: checks the attach and hands the
+    /// descriptor, with what the agent sent past the `attach` line, to the waiting session.
     private func attach(
         _ attach: ControlMessage.Attach, socket: OwnedSocket, reader: inout HandshakeReader,
         until deadline: ContinuousClock.Instant, logger: Logger
     ) async {
+        let remainder = reader.takeRemainder()
+        let joined = await self.attach(
+            attach, link: .socket(socket), logger: logger,
+            send: { try await SocketIO.write(ControlCodec.encode($0), to: socket, until: deadline) },
+            beforeJoin: { socket.pending.withLock { $0 = remainder } })
+        if !joined { socket.close() }
+    }
+
+    /// S10–S11 at the relay: checks an attach (with mutual TLS, also that the client
+    /// certificate names the agent the session was offered to), answers it with `send`,
+    /// and hands the data channel to the waiting session. False when the session did not
+    /// take it (a refusal was sent): the caller closes it.
+    func attach(
+        _ attach: ControlMessage.Attach, link: SessionLink, logger: Logger,
+        identity: (@Sendable (String) async -> String?)? = nil,
+        send: @Sendable (ControlMessage) async throws -> Void, beforeJoin: () -> Void = {}
+    ) async -> Bool {
         var logger = logger
         logger[metadataKey: "session"] = "\(attach.session)"
-        func refuse(_ error: ProtocolError) async {
+        func refuse(_ error: ProtocolError) async -> Bool {
             logger.warning("data channel refused: \(error)")
-            await Self.refuse(socket, error, until: deadline)
+            try? await send(error.errorMessage)
+            return false
         }
         guard attach.version == ProtocolLimits.version else {
             return await refuse(
-                ProtocolError(.unsupportedVersion, "this relay speaks protocol version \(ProtocolLimits.version)"))
+                ProtocolError(.unsupportedVersion, ProxyControlStateMachine.versionMismatch(attach.version)))
         }
         guard let session = self.state.session(attach.session) else {
             return await refuse(ProtocolError(.unknownSession, "no pending session with this id"))
         }
-        switch session.claim(token: attach.token, dataChannel: socket) {
+        if let identity, let problem = await identity(session.agent) {
+            return await refuse(ProtocolError(.authFailed, problem))
+        }
+        switch session.claim(attach, dataChannel: link) {
         case .notPending(let error), .badToken(let error):
-            await refuse(error)
+            return await refuse(error)
         case .claimed:
             do {
-                try await SocketIO.write(
-                    ControlCodec.encode(.attached(.init(session: attach.session))), to: socket, until: deadline)
+                try await send(.attached(.init(session: attach.session)))
             } catch {
                 session.handle(.attachedNotSent)
-                return socket.reset()
+                link.reset()
+                return false
             }
-            let remainder = reader.takeRemainder()
-            socket.pending.withLock { $0 = remainder }
+            beforeJoin()
             // Ended while `attached` was written (a kill): the data channel is closed here.
-            if !session.join(DataLink(socket: socket)) { socket.reset() }
+            guard session.join(DataLink(link: link)) else {
+                link.reset()
+                return false
+            }
+            return true
         }
     }
 

@@ -38,7 +38,8 @@ struct ClientHandler {
         }
         let session: ProxySession
         switch self.state.openSessionWithinLimits(
-            service: service, agent: link.id, client: client, clientSocket: socket, dataPlane: self.dataPlane)
+            service: service, agent: link.id, client: client, clientSocket: socket,
+            attachSecret: link.provedSecret ?? Authenticator.dummySecret, dataPlane: self.dataPlane)
         {
         case .success(let opened):
             session = opened
@@ -56,8 +57,11 @@ struct ClientHandler {
 
         // S7: ask the agent; S8–S10 happen there; wait for the data channel or a reason
         // (the session's attach timer runs since it opened).
+        // `at` is stamped as the message is queued; `expiresIn` tells the agent when the
+        // session stops waiting, so that a stalled agent drops it instead of dialling.
         let connect = ControlMessage.Connect(
-            session: session.id, service: service, token: session.token, client: client)
+            session: session.id, service: service, token: session.token, client: client,
+            expiresIn: UInt64(session.attachTimeout * 1000))
         if !link.send(.connect(connect)) { session.handle(.connectNotSent) }
         let data: DataLink
         do {
@@ -70,12 +74,13 @@ struct ClientHandler {
             )
             return
         }
-        logger.info("session attached", metadata: ["data": "\(data.socket.remote)"])
+        logger.info("session attached", metadata: ["data": "\(data.link.remote)"])
 
         // S11–S20: the session joined client and data channel on the data plane when the data
         // channel was attached; the client's early bytes waited in its socket until then.
         let running =
-            data.running ?? self.dataPlane.start(socket, data.socket, meter: session.meter, limits: session.pumpLimits)
+            data.running
+            ?? self.dataPlane.start(.socket(socket), data.link, meter: session.meter, limits: session.pumpLimits)
         if data.running == nil { session.pumping(running) }
         switch await running.outcome {
         case .finished:

@@ -76,6 +76,9 @@ public struct ProxyConfig: Sendable, DaemonSettings {
     /// How long a session may move no byte either way (`sessionIdleTimeoutSeconds`, default
     /// 3600; 0: no limit).
     public var sessionIdleTimeout = PumpLimits.defaultSessionIdleTimeout
+    /// TLS 1.3 on the agent port (`tls`: the relay's certificate and key, and `clientCA` for
+    /// mutual TLS); nil: plaintext. A reload re-reads its files for the connections after it.
+    public var tls: ProxyTLS? = nil
 
     /// The limits a session opened now runs with.
     public var pumpLimits: PumpLimits {
@@ -88,7 +91,7 @@ public struct ProxyConfig: Sendable, DaemonSettings {
         "handshakeTimeoutSeconds", "attachTimeoutSeconds", "drainTimeoutSeconds", "metrics",
     ])
     .union(ConfigReader.tcpTuningKeys).union([
-        "halfCloseTimeoutSeconds", "removedServiceSessions", "secretRotationGraceSeconds", "dataPlane",
+        "halfCloseTimeoutSeconds", "removedServiceSessions", "secretRotationGraceSeconds", "dataPlane", "tls",
     ]).union(ProxyLimits.keys)
 
     /// Reads and validates the file at `path`; the error lists every problem with its JSON path.
@@ -108,7 +111,7 @@ public struct ProxyConfig: Sendable, DaemonSettings {
         var agents: [Agent] = []
         var agentPaths: [String: String] = [:]
         for (path, object) in reader.objects(root, "agents", at: "$") {
-            reader.rejectUnknownKeys(object, at: path, allowed: ["id", "secret", "secretFile"])
+            reader.rejectUnknownKeys(object, at: path, allowed: ["id", "secret", "secretFile", "secretCredential"])
             let id = reader.name(object, "id", at: path)
             let secret = reader.secret(object, at: path)
             guard let id else { continue }
@@ -168,6 +171,7 @@ public struct ProxyConfig: Sendable, DaemonSettings {
         let dataPlane = reader.dataPlane(root)
         let limits = ProxyLimits.read(root, reader: reader)
         let idle = reader.sessionIdleTimeout(root)
+        let tls = reader.proxyTLS(root)
 
         guard let listen, reader.problems.isEmpty else { return nil }
         return ProxyConfig(
@@ -187,7 +191,8 @@ public struct ProxyConfig: Sendable, DaemonSettings {
             removedServiceSessions: removedRule,
             dataPlane: dataPlane,
             limits: limits,
-            sessionIdleTimeout: idle
+            sessionIdleTimeout: idle,
+            tls: tls
         )
     }
 

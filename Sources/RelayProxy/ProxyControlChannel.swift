@@ -35,7 +35,8 @@ final class ProxyControlChannel: ControlChannelHandler {
             channel: channel,
             peer: "agent",
             heartbeatInterval: config.heartbeatInterval,
-            heartbeatTimeout: config.heartbeatTimeout
+            heartbeatTimeout: config.heartbeatTimeout,
+            stamp: MonotonicMillis.now
         )
         self.machine = Mutex(
             ProxyControlStateMachine(heartbeatSeconds: config.heartbeatInterval) { [state] in
@@ -46,7 +47,7 @@ final class ProxyControlChannel: ControlChannelHandler {
 
     /// Runs the channel, whose first line was `hello`, until it closes.
     func run(hello: ControlMessage, reader: InboundReader, outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>) async {
-        self.received(hello)
+        self.received(hello, at: MonotonicMillis.now())
         await self.loop.run(self, reader: reader, outbound: outbound)
         let reason = self.loop.reason
         if let link = self.link.withLock({ $0 }) {
@@ -58,7 +59,7 @@ final class ProxyControlChannel: ControlChannelHandler {
         }
     }
 
-    func received(_ message: ControlMessage) {
+    func received(_ message: ControlMessage, at receivedAt: UInt64) {
         self.perform(self.machine.withLock { $0.receive(message) })
     }
 

@@ -84,6 +84,7 @@ public final class ProxyServer: Service, Sendable {
                 "services": "\(config.services.count)",
             ]
         )
+        TLSNotes.logAtStart(config.tls?.summary, logger: self.logger)
         // The data plane's loops and the readiness loop start now, not at the first session.
         let dataPlane = self.dataPlane ?? config.dataPlane.make(group: self.group)
         _ = SocketIO.readiness
@@ -235,6 +236,7 @@ public final class ProxyServer: Service, Sendable {
             )
         }
         changes += new.limits.changes(from: old.limits)
+        if let change = TLSNotes.reloadChange(old: old.tls?.summary, new: new.tls?.summary) { changes.append(change) }
         let before = new.metrics
         changes += new.reloadChanges(
             from: old,

@@ -12,9 +12,9 @@ typealias SessionFailure = SessionEndReason
 
 /// The data channel handed from the agent port to the waiting client task.
 struct DataLink: Sendable {
-    /// The data channel, past its `attach` line; what the agent sent after that line is its
-    /// ``OwnedSocket/pending``.
-    let socket: OwnedSocket
+    /// The data channel, past its `attach` line: an owned socket (what the agent sent after
+    /// that line is its ``OwnedSocket/pending``), or a TLS connection in NIO.
+    let link: SessionLink
     /// The data plane's run, when the session started it at the join (it does when it was
     /// given a data plane): the client task then only awaits it.
     var running: (any PumpRunning)? = nil
@@ -24,8 +24,8 @@ struct DataLink: Sendable {
 /// over ``SessionStateMachine``. Every event goes to the machine under one lock; the actions
 /// on the session's connections and timers are carried out here, outside the lock; the
 /// ones that need another party's I/O are done by whoever fed the event (`sendConnect` by
-/// the client task right after ``ProxyState/openSession(service:agent:client:clientChannel:)``,
-/// `sendAttached` by the agent port after ``claim(token:dataChannel:)``). The data plane keeps
+/// the client task right after ``ProxyState/openSession(service:agent:client:clientSocket:attachSecret:dataPlane:)``,
+/// `sendAttached` by the agent port after ``claim(_:dataChannel:)``). The data plane keeps
 /// the pump's contract (`SessionPump`): it passes FINs on, resets both sides on a failure and
 /// runs the half-close timer itself, and tells the machine through the meter and its outcome.
 /// Both connections are owned descriptors (``OwnedSocket``) until the data plane takes them.
@@ -35,7 +35,7 @@ final class ProxySession: Sendable {
         /// Waiting for the agent's data channel.
         case pending
         /// Joined (or being joined) to this data channel.
-        case open(dataChannel: OwnedSocket)
+        case open(dataChannel: SessionLink)
         /// Ended, or failed before it opened.
         case closed
     }
@@ -52,7 +52,7 @@ final class ProxySession: Sendable {
 
     private struct Core {
         var machine: SessionStateMachine
-        var dataChannel: OwnedSocket?
+        var dataChannel: SessionLink?
         var attachTimer: Deadline?
         /// The data channel, ready to pump, between ``join(_:)`` and `startPumping`.
         var link: DataLink?
@@ -67,6 +67,11 @@ final class ProxySession: Sendable {
     let agent: String
     let client: String
     let token: String
+    /// The secret the attach proof must be made with: the one the control channel that is
+    /// offered the session authenticated with. Never logged.
+    let attachSecret: Secret
+    /// How long the session waits for its data channel, in seconds (`connect`'s `expiresIn`).
+    let attachTimeout: Double
     let startedAt = Date()
     let started = ContinuousClock.now
     let meter: TrafficMeter
@@ -86,7 +91,7 @@ final class ProxySession: Sendable {
     /// A started session: its attach timer runs; the caller sends `connect` (S7).
     init(
         id: String, service: String, agent: String, client: String, clientSocket: OwnedSocket,
-        telemetry: ServiceTelemetry, attachTimeout: Double = 10, halfCloseTimeout: Double = 0,
+        attachSecret: Secret, telemetry: ServiceTelemetry, attachTimeout: Double = 10, halfCloseTimeout: Double = 0,
         idleTimeout: Double = 0, eventLoop: any EventLoop = MultiThreadedEventLoopGroup.singleton.next(),
         dataPlane: (any DataPlane)? = nil
     ) {
@@ -97,6 +102,8 @@ final class ProxySession: Sendable {
         self.agent = agent
         self.client = client
         self.token = Tokens.make()
+        self.attachSecret = attachSecret
+        self.attachTimeout = attachTimeout
         self.telemetry = telemetry
         self.meter = TrafficMeter(sink: telemetry)
         self.clientSocket = clientSocket
@@ -121,9 +128,13 @@ final class ProxySession: Sendable {
         return actions
     }
 
-    /// Accepts an attach once, only while waiting, only with the right token (constant time).
-    func claim(token: String, dataChannel: OwnedSocket) -> ClaimResult {
-        let matches = Tokens.matches(token, self.token)
+    /// Accepts an attach once, only while waiting, only with the right token and a proof made
+    /// with ``attachSecret`` (both checked, in constant time, whatever the other gives).
+    func claim(_ attach: ControlMessage.Attach, dataChannel: SessionLink) -> ClaimResult {
+        let tokenMatches = Tokens.matches(attach.token, self.token)
+        let proved = Authenticator.verifyAttach(
+            proof: attach.proof ?? "", secret: self.attachSecret, session: self.id, token: self.token)
+        let matches = tokenMatches && proved
         let actions = self.core.withLock { core in
             let actions = core.machine.handle(.dataChannelArrived(tokenMatches: matches))
             if actions.contains(.sendAttached) { core.dataChannel = dataChannel }
@@ -233,7 +244,7 @@ final class ProxySession: Sendable {
                 // only to await the outcome, not on the way of the session's first byte.
                 if let dataPlane = self.dataPlane {
                     let running = dataPlane.start(
-                        self.clientSocket, link.socket, meter: self.meter, limits: self.pumpLimits)
+                        .socket(self.clientSocket), link.link, meter: self.meter, limits: self.pumpLimits)
                     link.running = running
                     self.pumping(running)
                 }

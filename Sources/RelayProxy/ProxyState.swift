@@ -128,21 +128,23 @@ final class ProxyState: Sendable {
     /// it (its attach timer runs); the caller sends its `connect`. Nil, with the limit's name,
     /// when the service or the agent already holds as many sessions as the limits allow.
     func openSessionWithinLimits(
-        service: String, agent: String, client: String, clientSocket: OwnedSocket, dataPlane: (any DataPlane)? = nil
+        service: String, agent: String, client: String, clientSocket: OwnedSocket, attachSecret: Secret,
+        dataPlane: (any DataPlane)? = nil
     ) -> Result<ProxySession, SessionLimitHit> {
         self.openSession(
-            service: service, agent: agent, client: client, clientSocket: clientSocket, dataPlane: dataPlane,
-            enforceLimits: true)
+            service: service, agent: agent, client: client, clientSocket: clientSocket, attachSecret: attachSecret,
+            dataPlane: dataPlane, enforceLimits: true)
     }
 
     /// Creates and records a session as ``openSessionWithinLimits(service:agent:client:clientSocket:dataPlane:)``
     /// does, without looking at the session limits.
     func openSession(
-        service: String, agent: String, client: String, clientSocket: OwnedSocket, dataPlane: (any DataPlane)? = nil
+        service: String, agent: String, client: String, clientSocket: OwnedSocket, attachSecret: Secret,
+        dataPlane: (any DataPlane)? = nil
     ) -> ProxySession {
         let result = self.openSession(
-            service: service, agent: agent, client: client, clientSocket: clientSocket, dataPlane: dataPlane,
-            enforceLimits: false)
+            service: service, agent: agent, client: client, clientSocket: clientSocket, attachSecret: attachSecret,
+            dataPlane: dataPlane, enforceLimits: false)
         switch result {
         case .success(let session): return session
         case .failure: preconditionFailure("no limit is enforced")
@@ -150,8 +152,8 @@ final class ProxyState: Sendable {
     }
 
     private func openSession(
-        service: String, agent: String, client: String, clientSocket: OwnedSocket, dataPlane: (any DataPlane)?,
-        enforceLimits: Bool
+        service: String, agent: String, client: String, clientSocket: OwnedSocket, attachSecret: Secret,
+        dataPlane: (any DataPlane)?, enforceLimits: Bool
     ) -> Result<ProxySession, SessionLimitHit> {
         self.store.withLock { store -> Result<ProxySession, SessionLimitHit> in
             let limits = enforceLimits ? store.config.limits : ProxyLimits.unlimited
@@ -179,7 +181,8 @@ final class ProxyState: Sendable {
             while store.sessions[id] != nil { id = SessionIDs.make() }
             let session = ProxySession(
                 id: id, service: service, agent: agent, client: client, clientSocket: clientSocket,
-                telemetry: self.telemetry.service(service), attachTimeout: store.config.attachTimeout,
+                attachSecret: attachSecret, telemetry: self.telemetry.service(service),
+                attachTimeout: store.config.attachTimeout,
                 halfCloseTimeout: store.config.halfCloseTimeout, idleTimeout: store.config.sessionIdleTimeout,
                 dataPlane: dataPlane)
             store.sessions[id] = session

@@ -18,7 +18,29 @@ struct RelayProxyCommand: AsyncParsableCommand {
 
     @OptionGroup var options: DaemonOptions<ProxyDaemon>
 
+    @Flag(
+        name: .customLong("print-tls-pin"),
+        help: """
+            Print the pin of the agent port's TLS certificate (sha256// and the base64 of the SHA-256 \
+            of its public key, curl's --pinnedpubkey form) for an agent's tls.pin, and exit.
+            """)
+    var printTLSPin = false
+
     func run() async throws {
+        if self.printTLSPin {
+            let path = self.options.configPath
+            do {
+                guard let tls = try ProxyConfig.load(path: path).tls else {
+                    StandardStream.error.write("relay-proxy: \(path) has no 'tls': the agent port is plaintext\n")
+                    throw ExitCode(1)
+                }
+                print(tls.pin)
+                return
+            } catch let error as ConfigError {
+                DaemonSupport.printProblems(error)
+                throw ExitCode(1)
+            }
+        }
         try await self.options.run()
     }
 }

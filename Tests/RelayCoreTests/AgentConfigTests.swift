@@ -47,14 +47,14 @@ import Testing
 
     @Test func secretFileRelativeToTheConfigAndDefaultControl() throws {
         let dir = try TempDir()
-        try dir.write("office.secret", "\n  s3cret  \n")
+        try dir.write("office.secret", "\n  s3cret-s3cret-s3cret  \n")
         let json = """
             {"relay": "[2001:db8::1]:7835", "id": "office", "secretFile": "office.secret", "services": [],
              "heartbeatIntervalSeconds": 1, "heartbeatTimeoutSeconds": 3, "connectTimeoutSeconds": 2,
              "reconnectInitialDelaySeconds": 0.1, "reconnectMaxDelaySeconds": 0.1, "drainTimeoutSeconds": 5}
             """
         let config = try AgentConfig.load(path: try dir.write("agent.json", json))
-        #expect(config.secret == Secret("s3cret"))
+        #expect(config.secret == Secret("s3cret-s3cret-s3cret"))
         #expect(config.control == "/run/relay/agent.sock")
         #expect(config.relay.description == "[2001:db8::1]:7835")
         #expect(config.services.isEmpty)
@@ -70,14 +70,14 @@ import Testing
             try Self.check("{}").problems == [
                 "$.relay: required key is missing",
                 "$.id: required key is missing",
-                "$.secret: required key is missing (give 'secret' or 'secretFile')",
+                "$.secret: required key is missing (give 'secret', 'secretFile' or 'secretCredential')",
                 "$.services: required key is missing",
             ])
     }
 
     @Test func everyProblemAtOnce() throws {
         let json = """
-            {"relay": "relay.example.net", "id": "bad id", "secret": "s", "secretFile": "x", "control": "", "colour": 1,
+            {"relay": "relay.example.net", "id": "bad id", "secret": "s-0123456789abcdef", "secretFile": "x", "control": "", "colour": 1,
              "services": [
                {"name": "web", "target": "127.0.0.1:80"},
                {"name": "web", "target": "127.0.0.1:81"},
@@ -93,10 +93,10 @@ import Testing
                 "$.colour: unknown key (allowed: connectTimeoutSeconds, control, dataPlane, dataUserTimeoutSeconds, drainTimeoutSeconds, "
                     + "halfCloseTimeoutSeconds, heartbeatIntervalSeconds, heartbeatTimeoutSeconds, id, maxSessions, metrics, "
                     + "reconnectInitialDelaySeconds, reconnectMaxDelaySeconds, relay, removedServiceSessions, secret, "
-                    + "secretFile, services, sessionIdleTimeoutSeconds, tcpKeepaliveSeconds, tcpUserTimeoutSeconds)",
+                    + "secretCredential, secretFile, services, sessionIdleTimeoutSeconds, tcpKeepaliveSeconds, tcpUserTimeoutSeconds, tls)",
                 "$.relay: bad address 'relay.example.net': expected HOST:PORT",
                 "$.id: 'bad id' is not a valid name: use \(Self.nameRule)",
-                "$.secretFile: give either 'secret' or 'secretFile', not both",
+                "$.secretFile: give only one of 'secret', 'secretFile' and 'secretCredential', not secret and secretFile",
                 "$.control: must not be empty",
                 "$.services[4]: must be an object, not an array",
                 "$.services[1].name: duplicate service name 'web' (first at $.services[0])",
@@ -111,7 +111,7 @@ import Testing
     }
 
     @Test func relayPortZeroIsRefused() throws {
-        let json = #"{"relay": "relay.example.net:0", "id": "office", "secret": "s", "services": []}"#
+        let json = #"{"relay": "relay.example.net:0", "id": "office", "secret": "s-0123456789abcdef", "services": []}"#
         #expect(
             try Self.check(json).problems == [
                 "$.relay: bad address 'relay.example.net:0': the port must be a number from 1 to 65535"
@@ -128,7 +128,7 @@ import Testing
         #expect(found2 == ["$.secretFile: '\(dir2.file("e.secret"))' is empty"])
 
         let inline = #"{"relay": "r:1", "id": "office", "secret": "", "services": []}"#
-        #expect(try Self.check(inline).problems == ["$.secret: must not be empty"])
+        #expect(try Self.check(inline).problems == ["$.secret: the secret is empty"])
     }
 
     @Test func wrongTypes() throws {
@@ -151,7 +151,7 @@ import Testing
     @Test func tooManyServices() throws {
         let services = (0...1024).map { #"{"name": "s\#($0)", "target": "127.0.0.1:\#($0 + 1)"}"# }
         let json =
-            #"{"relay": "r:1", "id": "office", "secret": "s", "services": [\#(services.joined(separator: ","))]}"#
+            #"{"relay": "r:1", "id": "office", "secret": "s-0123456789abcdef", "services": [\#(services.joined(separator: ","))]}"#
         #expect(try Self.check(json).problems == ["$.services: at most 1024 services"])
     }
 

@@ -186,9 +186,59 @@ import Testing
 
     @Test func inlineSecret() {
         let reader = self.reader()
-        #expect(reader.secret(["secret": .string("hunter2")], at: "$") == Secret("hunter2"))
-        #expect(reader.secret(["secret": .string(" spaced ")], at: "$") == Secret(" spaced "))
+        #expect(
+            reader.secret(["secret": .string("hunter2-hunter2-hunter2")], at: "$") == Secret("hunter2-hunter2-hunter2"))
+        #expect(reader.secret(["secret": .string(" spaced, 16 bytes ")], at: "$") == Secret(" spaced, 16 bytes "))
         #expect(reader.problems.isEmpty)
+    }
+
+    /// A secret shorter than 16 bytes is refused wherever it comes from, with the minimum and
+    /// how to make a good one; 16 bytes is enough.
+    @Test func shortSecretsAreRefusedWithTheMinimumAndARecipe() throws {
+        let dir = try TempDir()
+        try dir.write("short.secret", "fifteen bytes!!\n")
+        try FileManager.default.createDirectory(atPath: dir.file("credentials"), withIntermediateDirectories: true)
+        try dir.write("credentials/relay-secret", "only 8 b")
+        let reader = ConfigReader(baseDirectory: dir.path)
+        reader.credentialsDirectory = dir.file("credentials")
+        #expect(reader.secret(["secret": .string("s3cret")], at: "$.a") == nil)
+        #expect(reader.secret(["secretFile": .string("short.secret")], at: "$.b") == nil)
+        #expect(reader.secret(["secretCredential": .string("relay-secret")], at: "$.c") == nil)
+        #expect(reader.secret(["secret": .string("sixteen bytes!!!")], at: "$.d") == Secret("sixteen bytes!!!"))
+        let recipe = "shorter than the minimum of 16; make one with: openssl rand -base64 32"
+        #expect(
+            reader.problems.map(\.description) == [
+                "$.a.secret: the secret is 6 bytes, \(recipe)",
+                "$.b.secretFile: the secret is 15 bytes, \(recipe)",
+                "$.c.secretCredential: the secret is 8 bytes, \(recipe)",
+            ])
+    }
+
+    /// `secretCredential` reads `$CREDENTIALS_DIRECTORY/NAME` (systemd's LoadCredential=).
+    @Test func secretFromASystemdCredential() throws {
+        let dir = try TempDir()
+        try FileManager.default.createDirectory(atPath: dir.file("credentials"), withIntermediateDirectories: true)
+        try dir.write("credentials/relay-secret", "  correct horse battery staple\n")
+        let reader = ConfigReader(baseDirectory: "/nonexistent")
+        reader.credentialsDirectory = dir.file("credentials")
+        #expect(
+            reader.secret(["secretCredential": .string("relay-secret")], at: "$")
+                == Secret("correct horse battery staple"))
+        #expect(reader.secret(["secretCredential": .string("absent")], at: "$.x") == nil)
+        #expect(reader.secret(["secretCredential": .string("../etc/passwd")], at: "$.y") == nil)
+        #expect(
+            reader.secret(
+                ["secretCredential": .string("relay-secret"), "secret": .string("0123456789abcdef")], at: "$.z")
+                == nil)
+        reader.credentialsDirectory = nil
+        #expect(reader.secret(["secretCredential": .string("relay-secret")], at: "$.w") == nil)
+        #expect(
+            reader.problems.map(\.description) == [
+                "$.x.secretCredential: cannot read '\(dir.file("credentials/absent"))': no such file or directory",
+                "$.y.secretCredential: must be a credential name (\(Names.rule))",
+                "$.z.secretCredential: give only one of 'secret', 'secretFile' and 'secretCredential', not secret and secretCredential",
+                "$.w.secretCredential: $CREDENTIALS_DIRECTORY is not set: give the daemon the credential with systemd's LoadCredential=relay-secret:PATH",
+            ])
     }
 
     @Test func secretProblems() {
@@ -200,9 +250,9 @@ import Testing
         #expect(reader.secret(["secretFile": .bool(true)], at: "$.agents[4]") == nil)
         #expect(
             reader.problems.map(\.description) == [
-                "$.agents[0].secret: required key is missing (give 'secret' or 'secretFile')",
-                "$.agents[1].secret: must not be empty",
-                "$.agents[2].secretFile: give either 'secret' or 'secretFile', not both",
+                "$.agents[0].secret: required key is missing (give 'secret', 'secretFile' or 'secretCredential')",
+                "$.agents[1].secret: the secret is empty",
+                "$.agents[2].secretFile: give only one of 'secret', 'secretFile' and 'secretCredential', not secret and secretFile",
                 "$.agents[3].secret: must be a string, not a number",
                 "$.agents[4].secretFile: must be a string, not a boolean",
             ])
@@ -219,9 +269,9 @@ import Testing
 
     @Test func secretFileByAbsolutePath() throws {
         let dir = try TempDir()
-        let path = try dir.write("office.secret", "s3cret")
+        let path = try dir.write("office.secret", "s3cret-s3cret-s3cret")
         let reader = ConfigReader(baseDirectory: "/nonexistent")
-        #expect(reader.secret(["secretFile": .string(path)], at: "$") == Secret("s3cret"))
+        #expect(reader.secret(["secretFile": .string(path)], at: "$") == Secret("s3cret-s3cret-s3cret"))
         #expect(reader.problems.isEmpty)
     }
 

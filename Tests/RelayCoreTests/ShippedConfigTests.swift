@@ -62,7 +62,7 @@ import Testing
     /// The examples name every key; they must stay valid as keys change.
     @Test func theExamplesLoadOnceEdited() throws {
         let dir = try TempDir()
-        try dir.write("lab.secret", "another secret\n")
+        try dir.write("lab.secret", "another secret, 16 bytes or more\n")
         let proxy = try ProxyConfig.load(
             path: try dir.write(
                 "proxy.json", try Self.edited("packaging/examples/proxy.json", secretDirectory: dir.path)))
@@ -77,9 +77,12 @@ import Testing
         // Every key the daemons accept is in its example.
         for (file, keys) in [("proxy.json", ProxyConfig.topLevelKeys), ("agent.json", AgentConfig.topLevelKeys)] {
             let text = try String(contentsOfFile: Self.repository + "/packaging/examples/" + file, encoding: .utf8)
-            for key in keys where key != "secretFile" {
+            // The alternatives to `secret` appear as comments ("// secretFile", "// secretCredential");
+            // so does `tls`, which names files that must exist ("// tls").
+            for key in keys where !["secretFile", "secretCredential", "tls"].contains(key) {
                 #expect(text.contains("\"\(key)\""), "packaging/examples/\(file) lacks \(key)")
             }
+            #expect(text.contains("\"// tls\""), "packaging/examples/\(file) lacks the tls hint")
         }
     }
 
@@ -97,7 +100,7 @@ import Testing
         let dir = try TempDir()
         let json = """
             {"//": "top", "// listen": 1, "listen": "127.0.0.1:7835",
-             "agents": [{"// id": ["any", "value"], "id": "office", "secret": "s"}],
+             "agents": [{"// id": ["any", "value"], "id": "office", "secret": "s-0123456789abcdef"}],
              "services": [{"//": null, "name": "web", "agent": "office", "listen": "127.0.0.1:0"}],
              "/ not a comment": 1}
             """
@@ -105,7 +108,7 @@ import Testing
             problems { () throws(ConfigError) in try ProxyConfig.load(path: try! dir.write("p.json", json)) }
                 .map { $0.components(separatedBy: " (allowed")[0] } == ["$./ not a comment: unknown key"])
         let agent = """
-            {"//": "top", "relay": "127.0.0.1:7835", "id": "office", "secret": "s",
+            {"//": "top", "relay": "127.0.0.1:7835", "id": "office", "secret": "s-0123456789abcdef",
              "services": [{"// why": "x", "name": "web", "target": "127.0.0.1:80"}]}
             """
         #expect(

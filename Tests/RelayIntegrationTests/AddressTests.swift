@@ -8,7 +8,8 @@ struct AddressTests {
         let echo = try await TargetServer.start(.echo, host: "::1")
         defer { Task { await echo.close() } }
         try await withFixture(
-            agents: [.init(id: "v6", secret: "s3cret")], services: [.init(name: "web", agent: "v6")], host: "::1"
+            agents: [.init(id: "v6", secret: "s3cret-s3cret-s3cret")], services: [.init(name: "web", agent: "v6")],
+            host: "::1"
         ) {
             relay in
             try await relay.startProxy()
@@ -27,7 +28,7 @@ struct AddressTests {
         let echo = try await TargetServer.start(.echo)
         defer { Task { await echo.close() } }
         try await withFixture(
-            agents: [.init(id: "named", secret: "s3cret")], services: [.init(name: "web", agent: "named")]
+            agents: [.init(id: "named", secret: "s3cret-s3cret-s3cret")], services: [.init(name: "web", agent: "named")]
         ) {
             relay in
             relay.relayHost = "localhost"
@@ -72,7 +73,7 @@ struct NameResolutionTests {
         let echo = try await TargetServer.start(.echo)
         defer { Task { await echo.close() } }
         try await withFixture(
-            agents: [.init(id: "named", secret: "s3cret")], services: [.init(name: "web", agent: "named")]
+            agents: [.init(id: "named", secret: "s3cret-s3cret-s3cret")], services: [.init(name: "web", agent: "named")]
         ) { relay in
             guard let wrapper = try Self.isolatedResolver(in: relay.directory) else { return }
             relay.agentWrapper = wrapper
@@ -88,7 +89,7 @@ struct NameResolutionTests {
 
     @Test func anUnresolvableRelayIsRetriedAndNamed() async throws {
         try await withFixture(
-            agents: [.init(id: "named", secret: "s3cret")], services: [.init(name: "web", agent: "named")]
+            agents: [.init(id: "named", secret: "s3cret-s3cret-s3cret")], services: [.init(name: "web", agent: "named")]
         ) { relay in
             guard let wrapper = try Self.isolatedResolver(in: relay.directory) else { return }
             relay.agentWrapper = wrapper

@@ -15,7 +15,10 @@ struct BadInputTests {
         let echo = try await TargetServer.start(.echo)
         defer { Task { await echo.close() } }
         try await withFixture(
-            agents: [.init(id: "office", secret: "s3cret"), .init(id: "fake", secret: "fake-secret")],
+            agents: [
+                .init(id: "office", secret: "s3cret-s3cret-s3cret"),
+                .init(id: "fake", secret: "fake-secret-0123456789"),
+            ],
             services: [.init(name: "web", agent: "office"), .init(name: "fk", agent: "fake")],
             proxyOptions: ["handshakeTimeoutSeconds": handshakeTimeout, "attachTimeoutSeconds": 5]
         ) { relay in
@@ -82,7 +85,9 @@ struct BadInputTests {
 
     @Test func attachForABogusSessionIsRefused() async throws {
         try await self.withRelay { relay in
-            let attach = ControlCodec.encode(.attach(.init(session: SessionIDs.make(), token: Tokens.make())))
+            let attach = ControlCodec.encode(
+                .attach(
+                    .init(session: SessionIDs.make(), token: Tokens.make(), proof: String(repeating: "0", count: 64))))
             try await self.expectError(relay, sending: Array(attach.readableBytesView), code: .unknownSession)
             try await relay.proxy.waitForLine(containing: "data channel refused: unknown_session")
         }
@@ -93,7 +98,8 @@ struct BadInputTests {
         try await self.withRelay { relay in
             let control = try await FakeAgent.connect(port: relay.agentPort)
             try await control.session { lines in
-                let registered = try await lines.handshake(id: "fake", secret: "fake-secret", services: ["fk"])
+                let registered = try await lines.handshake(
+                    id: "fake", secret: "fake-secret-0123456789", services: ["fk"])
                 #expect(registered == .registered(.init(accepted: ["fk"], refused: [])))
                 let client = try await TestClient.connect(port: relay.servicePort("fk"))
                 try await client.executeThenClose { clientIn, clientOut in
@@ -104,12 +110,14 @@ struct BadInputTests {
                     }
                     #expect(connect.service == "fk")
                     // A wrong token is refused, and the session stays pending.
-                    let wrong = ControlCodec.encode(.attach(.init(session: connect.session, token: Tokens.make())))
+                    let wrong = ControlCodec.encode(
+                        .attach(
+                            .proved(session: connect.session, token: Tokens.make(), secret: "fake-secret-0123456789")))
                     try await self.expectError(relay, sending: Array(wrong.readableBytesView), code: .badToken)
                     // The right token joins the client; its early bytes come first.
                     let data = try await FakeAgent.connect(port: relay.agentPort)
                     try await data.session { dataLines in
-                        try await dataLines.send(.attach(.init(session: connect.session, token: connect.token)))
+                        try await dataLines.send(.attach(.proved(connect, secret: "fake-secret-0123456789")))
                         #expect(try await dataLines.receive() == .attached(.init(session: connect.session)))
                         var early = ""
                         while early.count < "early bytes".count, let chunk = try await dataLines.receiveBytes() {
@@ -120,7 +128,7 @@ struct BadInputTests {
                         var clientReplies = clientIn.makeAsyncIterator()
                         #expect(try await clientReplies.next().map { String(buffer: $0) } == "reply")
                         // A second attach for the same session is refused.
-                        let again = ControlCodec.encode(.attach(.init(session: connect.session, token: connect.token)))
+                        let again = ControlCodec.encode(.attach(.proved(connect, secret: "fake-secret-0123456789")))
                         try await self.expectError(
                             relay, sending: Array(again.readableBytesView), code: .unknownSession)
                     }
@@ -148,7 +156,7 @@ struct BadInputTests {
         try await self.withRelay { relay in
             let control = try await FakeAgent.connect(port: relay.agentPort)
             try await control.session { lines in
-                _ = try await lines.handshake(id: "fake", secret: "fake-secret", services: ["fk"])
+                _ = try await lines.handshake(id: "fake", secret: "fake-secret-0123456789", services: ["fk"])
                 try await lines.sendRaw("this is not json\n")
                 guard case .error(let report)? = try await lines.receive() else {
                     Issue.record("expected an error")

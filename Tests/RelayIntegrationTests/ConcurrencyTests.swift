@@ -11,7 +11,8 @@ struct ConcurrencyTests {
         let target = try await TargetServer.start(.echo)
         defer { Task { await target.close() } }
         try await withFixture(
-            agents: [.init(id: "office", secret: "s3cret")], services: [.init(name: "echo", agent: "office")]
+            agents: [.init(id: "office", secret: "s3cret-s3cret-s3cret")],
+            services: [.init(name: "echo", agent: "office")]
         ) { relay in
             try await relay.startProxy()
             let agent = try await relay.startAgent(id: "office", services: ["echo": target.port])
@@ -45,7 +46,10 @@ struct ConcurrencyTests {
         let source = try await TargetServer.start(.source(bytes: 1_000_000))
         defer { Task { for server in [echo, hasher, source] { await server.close() } } }
         try await withFixture(
-            agents: [.init(id: "alpha", secret: "alpha-secret"), .init(id: "beta", secret: "beta-secret")],
+            agents: [
+                .init(id: "alpha", secret: "alpha-secret-0123456789"),
+                .init(id: "beta", secret: "beta-secret-0123456789"),
+            ],
             services: [
                 .init(name: "a-echo", agent: "alpha"), .init(name: "a-hash", agent: "alpha"),
                 .init(name: "b-echo", agent: "beta"), .init(name: "b-source", agent: "beta"),

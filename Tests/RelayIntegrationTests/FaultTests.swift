@@ -38,7 +38,7 @@ struct FaultTests {
             }
         }
         try await withFixture(
-            agents: [.init(id: "office", secret: "s3cret")],
+            agents: [.init(id: "office", secret: "s3cret-s3cret-s3cret")],
             services: [.init(name: "bulk", agent: "office"), .init(name: "echo", agent: "office")]
         ) { relay in
             try await relay.startProxy()
@@ -93,7 +93,8 @@ struct FaultTests {
         defer { Task { await echo.close() } }
         let (initial, maximum) = (0.2, 1.6)
         try await withFixture(
-            agents: [.init(id: "office", secret: "s3cret")], services: [.init(name: "web", agent: "office")]
+            agents: [.init(id: "office", secret: "s3cret-s3cret-s3cret")],
+            services: [.init(name: "web", agent: "office")]
         ) { relay in
             let firstRelay = try await relay.startProxy()
             let agent = try await relay.startAgent(
@@ -163,7 +164,8 @@ struct FaultTests {
         defer { Task { await target.close() } }
         let timeout = 1.0
         try await withFixture(
-            agents: [.init(id: "office", secret: "s3cret")], services: [.init(name: "quiet", agent: "office")],
+            agents: [.init(id: "office", secret: "s3cret-s3cret-s3cret")],
+            services: [.init(name: "quiet", agent: "office")],
             proxyOptions: ["halfCloseTimeoutSeconds": limit.proxy ? timeout : 0]
         ) { relay in
             try await relay.startProxy()
@@ -217,7 +219,8 @@ struct FaultTests {
         // A backstop only, so that a reset that goes unnoticed shows as this long a wait.
         let halfClose: [String: Any] = ["halfCloseTimeoutSeconds": 4.0]
         try await withFixture(
-            agents: [.init(id: "office", secret: "s3cret")], services: [.init(name: "quiet", agent: "office")],
+            agents: [.init(id: "office", secret: "s3cret-s3cret-s3cret")],
+            services: [.init(name: "quiet", agent: "office")],
             proxyOptions: halfClose
         ) { relay in
             try await relay.startProxy()
@@ -253,7 +256,7 @@ struct FaultTests {
         // Long, so that only the agent's refusal can close the client in time.
         let attachTimeout = 30.0
         try await withFixture(
-            agents: [.init(id: "office", secret: "s3cret")],
+            agents: [.init(id: "office", secret: "s3cret-s3cret-s3cret")],
             services: [.init(name: "down", agent: "office"), .init(name: "echo", agent: "office")],
             proxyOptions: ["attachTimeoutSeconds": attachTimeout]
         ) { relay in
@@ -291,13 +294,15 @@ struct FaultTests {
     @Test func dataChannelThatNeverAttachesClosesTheClientAfterTheAttachTimeout() async throws {
         let attachTimeout = 1.5
         try await withFixture(
-            agents: [.init(id: "lazy", secret: "s3cret")], services: [.init(name: "web", agent: "lazy")],
+            agents: [.init(id: "lazy", secret: "s3cret-s3cret-s3cret")], services: [.init(name: "web", agent: "lazy")],
             proxyOptions: ["attachTimeoutSeconds": attachTimeout]
         ) { relay in
             try await relay.startProxy()
             let fake = try await FakeAgent.connect(port: relay.agentPort)
             try await fake.session { lines in
-                guard case .registered? = try await lines.handshake(id: "lazy", secret: "s3cret", services: ["web"])
+                guard
+                    case .registered? = try await lines.handshake(
+                        id: "lazy", secret: "s3cret-s3cret-s3cret", services: ["web"])
                 else { throw HarnessError("the fake agent was not registered") }
                 try await relay.proxy.waitForLine(containing: "agent connected", "agent=lazy")
                 let baseline = relay.baseline()
@@ -321,7 +326,7 @@ struct FaultTests {
                 // The session is gone, not waiting: a late data channel is turned away.
                 let late = try await FakeAgent.connect(port: relay.agentPort)
                 let answer = try await late.session { data -> ControlMessage? in
-                    try await data.send(.attach(.init(session: connect.session, token: connect.token)))
+                    try await data.send(.attach(.proved(connect, secret: "s3cret-s3cret-s3cret")))
                     return try await data.receive()
                 }
                 if case .attached? = answer { Issue.record("a data channel after the attach timeout was attached") }

@@ -23,7 +23,8 @@ struct GracefulStopTests {
         let target = try await MixedTarget.start()
         defer { Task { await target.close() } }
         try await withFixture(
-            agents: [.init(id: "office", secret: "s3cret")], services: [.init(name: "mixed", agent: "office")],
+            agents: [.init(id: "office", secret: "s3cret-s3cret-s3cret")],
+            services: [.init(name: "mixed", agent: "office")],
             proxyOptions: ["drainTimeoutSeconds": Self.longDrain]
         ) { relay in
             let proxy = try await relay.startProxy()
@@ -61,7 +62,8 @@ struct GracefulStopTests {
         let target = try await MixedTarget.start()
         defer { Task { await target.close() } }
         try await withFixture(
-            agents: [.init(id: "office", secret: "s3cret")], services: [.init(name: "mixed", agent: "office")],
+            agents: [.init(id: "office", secret: "s3cret-s3cret-s3cret")],
+            services: [.init(name: "mixed", agent: "office")],
             proxyOptions: ["drainTimeoutSeconds": Self.shortDrain]
         ) { relay in
             let proxy = try await relay.startProxy()
@@ -100,7 +102,8 @@ struct GracefulStopTests {
         let target = try await MixedTarget.start()
         defer { Task { await target.close() } }
         try await withFixture(
-            agents: [.init(id: "office", secret: "s3cret")], services: [.init(name: "mixed", agent: "office")]
+            agents: [.init(id: "office", secret: "s3cret-s3cret-s3cret")],
+            services: [.init(name: "mixed", agent: "office")]
         ) { relay in
             let proxy = try await relay.startProxy()
             let agent = try await relay.startAgent(
@@ -144,7 +147,8 @@ struct GracefulStopTests {
         let target = try await MixedTarget.start()
         defer { Task { await target.close() } }
         try await withFixture(
-            agents: [.init(id: "office", secret: "s3cret")], services: [.init(name: "mixed", agent: "office")]
+            agents: [.init(id: "office", secret: "s3cret-s3cret-s3cret")],
+            services: [.init(name: "mixed", agent: "office")]
         ) { relay in
             let proxy = try await relay.startProxy()
             let agent = try await relay.startAgent(

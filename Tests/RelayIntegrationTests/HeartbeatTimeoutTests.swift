@@ -9,7 +9,7 @@ import Testing
 struct HeartbeatTimeoutTests {
     @Test func relayDropsAnAgentThatStopsAnswering() async throws {
         try await withFixture(
-            agents: [.init(id: "mute", secret: "s3cret")],
+            agents: [.init(id: "mute", secret: "s3cret-s3cret-s3cret")],
             services: [.init(name: "web", agent: "mute")],
             proxyOptions: ["heartbeatIntervalSeconds": 0.2, "heartbeatTimeoutSeconds": 0.8]
         ) { relay in
@@ -19,7 +19,7 @@ struct HeartbeatTimeoutTests {
                 lines -> (Int, ControlMessage.ErrorReport?, Duration) in
                 // The relay counts from the last line it heard (register), so start before it.
                 let start = ContinuousClock.now
-                _ = try await lines.handshake(id: "mute", secret: "s3cret", services: ["web"])
+                _ = try await lines.handshake(id: "mute", secret: "s3cret-s3cret-s3cret", services: ["web"])
                 var pings = 0
                 // Read what the relay sends, never answering, until it gives up.
                 while let message = try await lines.receive() {
@@ -46,7 +46,7 @@ struct HeartbeatTimeoutTests {
         defer { Task { await relay.close() } }
         try await withFixture(agents: [], services: []) { fixture in
             let config: [String: Any] = [
-                "relay": "127.0.0.1:\(relay.port)", "id": "office", "secret": "s3cret",
+                "relay": "127.0.0.1:\(relay.port)", "id": "office", "secret": SilentRelay.secret,
                 "control": fixture.directory + "/agent.sock", "services": [["name": "web", "target": "127.0.0.1:9"]],
                 "heartbeatIntervalSeconds": 0.2, "heartbeatTimeoutSeconds": 0.8,
                 "reconnectInitialDelaySeconds": 0.1, "reconnectMaxDelaySeconds": 0.5,
@@ -73,6 +73,9 @@ final class SilentRelay: Sendable {
     final class Counter: Sendable {
         let value = Atomic<Int>(0)
     }
+
+    /// The secret of the one agent it knows.
+    static let secret = "silent-relay-secret-0123456789"
 
     let listener: NIOAsyncChannel<NIOAsyncChannel<ByteBuffer, ByteBuffer>, Never>
     let accepted: Counter
@@ -114,12 +117,7 @@ final class SilentRelay: Sendable {
     private static func serve(_ connection: NIOAsyncChannel<ByteBuffer, ByteBuffer>) async {
         try? await connection.executeThenClose { inbound, outbound in
             let lines = FakeAgent.Lines(iterator: inbound.makeAsyncIterator(), outbound: outbound)
-            guard case .hello? = try await lines.receive() else { return }
-            try await lines.send(.challenge(.init(nonce: Authenticator.makeNonce())))
-            guard case .auth? = try await lines.receive() else { return }
-            try await lines.send(.welcome(.init(heartbeatSeconds: 1)))
-            guard case .register(let register)? = try await lines.receive() else { return }
-            try await lines.send(.registered(.init(accepted: register.services, refused: [])))
+            guard try await lines.serveAgent(secret: SilentRelay.secret, heartbeatSeconds: 1) != nil else { return }
             while try await lines.receive() != nil {}
         }
     }

@@ -19,7 +19,8 @@ struct ListenerCloseTests {
     @Test func sigtermDuringAFloodOfClientsExitsZero() async throws {
         for round in 1...3 {
             try await withFixture(
-                agents: [.init(id: "office", secret: "s3cret")], services: [.init(name: "web", agent: "office")]
+                agents: [.init(id: "office", secret: "s3cret-s3cret-s3cret")],
+                services: [.init(name: "web", agent: "office")]
             ) { relay in
                 let proxy = try await relay.startProxy()
                 let port = relay.servicePort("web")
@@ -42,7 +43,7 @@ struct ListenerCloseTests {
         let echo = try await TargetServer.start(.echo)
         defer { Task { await echo.close() } }
         try await withFixture(
-            agents: [.init(id: "office", secret: "s3cret")],
+            agents: [.init(id: "office", secret: "s3cret-s3cret-s3cret")],
             services: [.init(name: "kept", agent: "office"), .init(name: "gone", agent: "office")]
         ) { relay in
             let proxy = try await relay.startProxy()

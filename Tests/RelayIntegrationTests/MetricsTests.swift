@@ -9,7 +9,8 @@ struct MetricsTests {
         let target = try await TargetServer.start(RelayctlTests.trickle)
         defer { Task { await target.close() } }
         try await withFixture(
-            agents: [.init(id: "office", secret: "s3cret")], services: [.init(name: "slow", agent: "office")],
+            agents: [.init(id: "office", secret: "s3cret-s3cret-s3cret")],
+            services: [.init(name: "slow", agent: "office")],
             proxyOptions: ["metrics": "127.0.0.1:0"]
         ) { relay in
             try await relay.startProxy()

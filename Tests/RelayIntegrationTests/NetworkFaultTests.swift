@@ -12,7 +12,7 @@ import Testing
     .enabled("needs root, ip and nft (apt-get install -y iproute2 nftables)") { NetNamespace.isAvailable() }
 )
 struct NetworkFaultTests {
-    static let agents = [RelayFixture.Agent(id: "office", secret: "s3cret")]
+    static let agents = [RelayFixture.Agent(id: "office", secret: "s3cret-s3cret-s3cret")]
 
     // MARK: A. the control channel's path goes dark
 

@@ -11,7 +11,8 @@ struct ReconnectTests {
         let echo = try await TargetServer.start(.echo)
         defer { Task { await echo.close() } }
         try await withFixture(
-            agents: [.init(id: "office", secret: "s3cret")], services: [.init(name: "web", agent: "office")]
+            agents: [.init(id: "office", secret: "s3cret-s3cret-s3cret")],
+            services: [.init(name: "web", agent: "office")]
         ) { relay in
             try await relay.startProxy()
             let first = try await relay.startAgent(id: "office", services: ["web": echo.port])

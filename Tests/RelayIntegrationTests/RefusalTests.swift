@@ -17,8 +17,9 @@ struct RefusalTests {
         let deadPort = try await TargetServer.closedPort()
         try await withFixture(
             agents: [
-                .init(id: "office", secret: "right"), .init(id: "intruder", secret: "right-too"),
-                .init(id: "absent", secret: "x"),
+                .init(id: "office", secret: "right-secret-0123456789"),
+                .init(id: "intruder", secret: "right-too-secret-0123456789"),
+                .init(id: "absent", secret: "absent-secret-0123456789"),
             ],
             services: [
                 .init(name: "web", agent: "office"), .init(name: "down", agent: "office"),
@@ -45,7 +46,8 @@ struct RefusalTests {
 
                 // Wrong secret: the agent is refused, so its service has no agent.
                 let intruder = try await relay.startAgent(
-                    id: "intruder", secret: "wrong", services: ["guarded": echo.port], waitForRegistration: false)
+                    id: "intruder", secret: "wrong-secret-0123456789", services: ["guarded": echo.port],
+                    waitForRegistration: false)
                 try await relay.proxy.waitForLine(
                     containing: "agent authentication failed: wrong secret", "agent=intruder")
                 try await intruder.waitForLine(containing: "relay refused authentication")
@@ -54,7 +56,7 @@ struct RefusalTests {
 
                 // Unknown agent id.
                 let stranger = try await relay.startAgent(
-                    id: "stranger", secret: "whatever", services: [:], waitForRegistration: false)
+                    id: "stranger", secret: "whatever-secret-0123456789", services: [:], waitForRegistration: false)
                 try await relay.proxy.waitForLine(
                     containing: "agent authentication failed: unknown agent id", "agent=stranger")
                 await stranger.stop()
@@ -104,7 +106,7 @@ struct RefusalTests {
         let port = listener.channel.localAddress!.port!
         try await withFixture(agents: [], services: []) { fixture in
             let config: [String: Any] = [
-                "relay": "127.0.0.1:\(port)", "id": "office", "secret": "s3cret",
+                "relay": "127.0.0.1:\(port)", "id": "office", "secret": "s3cret-s3cret-s3cret",
                 "control": fixture.directory + "/agent.sock",
                 "services": [["name": "web", "target": "127.0.0.1:\(echo.port)"]],
             ]
@@ -117,14 +119,9 @@ struct RefusalTests {
                     try await listener.channel.close()
                     return try await control.executeThenClose { inbound, outbound in
                         let lines = FakeAgent.Lines(iterator: inbound.makeAsyncIterator(), outbound: outbound)
-                        guard case .hello? = try await lines.receive() else { throw HarnessError("no hello") }
-                        try await lines.send(.challenge(.init(nonce: Authenticator.makeNonce())))
-                        guard case .auth? = try await lines.receive() else { throw HarnessError("no auth") }
-                        try await lines.send(.welcome(.init(heartbeatSeconds: 10)))
-                        guard case .register(let register)? = try await lines.receive() else {
+                        guard try await lines.serveAgent(secret: "s3cret-s3cret-s3cret") != nil else {
                             throw HarnessError("no register")
                         }
-                        try await lines.send(.registered(.init(accepted: register.services, refused: [])))
                         // Several sessions, one after another: a failure path that leaks or traps shows.
                         var slowest = Duration.zero
                         var last: ControlMessage.Refuse?

@@ -36,7 +36,8 @@ struct RelayctlTests {
         let target = try await TargetServer.start(Self.trickle)
         defer { Task { await target.close() } }
         try await withFixture(
-            agents: [.init(id: "office", secret: "s3cret")], services: [.init(name: "slow", agent: "office")]
+            agents: [.init(id: "office", secret: "s3cret-s3cret-s3cret")],
+            services: [.init(name: "slow", agent: "office")]
         ) { relay in
             try await relay.startProxy()
             let agent = try await relay.startAgent(id: "office", services: ["slow": target.port])
@@ -126,7 +127,7 @@ struct RelayctlTests {
         let target = try await TargetServer.start(.echo)
         defer { Task { await target.close() } }
         try await withFixture(
-            agents: [.init(id: "office", secret: "s3cret")], services: [.init(name: "a", agent: "office")]
+            agents: [.init(id: "office", secret: "s3cret-s3cret-s3cret")], services: [.init(name: "a", agent: "office")]
         ) { relay in
             try await relay.startProxy()
             // The agent offers "b" from the start; the relay takes it once its config has it.
@@ -211,7 +212,7 @@ struct RelayctlTests {
         let target = try await TargetServer.start(.echo)
         defer { Task { await target.close() } }
         try await withFixture(
-            agents: [.init(id: "office", secret: "s3cret")], services: [.init(name: "e", agent: "office")]
+            agents: [.init(id: "office", secret: "s3cret-s3cret-s3cret")], services: [.init(name: "e", agent: "office")]
         ) { relay in
             try await relay.startProxy()
             try await relay.startAgent(id: "office", services: ["e": target.port])
@@ -254,7 +255,7 @@ struct RelayctlTests {
         let target = try await TargetServer.start(.echo)
         defer { Task { await target.close() } }
         try await withFixture(
-            agents: [.init(id: "office", secret: "s3cret")], services: [.init(name: "e", agent: "office")]
+            agents: [.init(id: "office", secret: "s3cret-s3cret-s3cret")], services: [.init(name: "e", agent: "office")]
         ) { relay in
             try await relay.startProxy()
             try await relay.startAgent(id: "office", services: ["e": target.port])
@@ -282,7 +283,7 @@ struct RelayctlTests {
     }
 
     @Test func aLiveSocketIsNotTakenOverAndAStaleOneIsReplaced() async throws {
-        try await withFixture(agents: [.init(id: "office", secret: "s3cret")], services: []) { relay in
+        try await withFixture(agents: [.init(id: "office", secret: "s3cret-s3cret-s3cret")], services: []) { relay in
             let proxy = try await relay.startProxy()
             let socket = relay.directory + "/proxy.sock"
             var mode = stat()

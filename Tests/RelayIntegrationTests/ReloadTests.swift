@@ -26,7 +26,7 @@ struct ReloadTests {
         let echo = try await TargetServer.start(.echo)
         defer { Task { await echo.close() } }
         try await withFixture(
-            agents: [.init(id: "office", secret: "s3cret")],
+            agents: [.init(id: "office", secret: "s3cret-s3cret-s3cret")],
             services: [.init(name: "old", agent: "office"), .init(name: "new", agent: "office")]
         ) { relay in
             try await relay.startProxy()
@@ -50,20 +50,21 @@ struct ReloadTests {
         let echo = try await TargetServer.start(.echo)
         defer { Task { await echo.close() } }
         try await withFixture(
-            agents: [.init(id: "office", secret: "old-secret")], services: [.init(name: "web", agent: "office")]
+            agents: [.init(id: "office", secret: "old-secret-0123456789")],
+            services: [.init(name: "web", agent: "office")]
         ) { relay in
             try await relay.startProxy()
             let agent = try await relay.startAgent(id: "office", services: ["web": echo.port])
             let port = relay.servicePort("web")
 
-            relay.agents = [.init(id: "office", secret: "new-secret")]
+            relay.agents = [.init(id: "office", secret: "new-secret-0123456789")]
             try relay.writeProxyConfig()
             let proxyOutput = try await self.reload(relay.proxySocket)
             #expect(proxyOutput.contains("agent 'office' secret rotated (the old one is accepted for 300s)"))
             // Within the window, the agent's channel (old secret) goes on serving.
             #expect(await self.echoes(port))
 
-            try relay.writeAgentConfig(id: "office", secret: "new-secret", services: ["web": echo.port])
+            try relay.writeAgentConfig(id: "office", secret: "new-secret-0123456789", services: ["web": echo.port])
             let agentOutput = try await self.reload(relay.agentSocket("office"))
             #expect(agentOutput.contains("secret rotated"))
             try await agent.waitForLine(containing: "registered with relay", count: 2)
@@ -86,12 +87,13 @@ struct ReloadTests {
         let echo = try await TargetServer.start(.echo)
         defer { Task { await echo.close() } }
         try await withFixture(
-            agents: [.init(id: "office", secret: "old-secret")], services: [.init(name: "web", agent: "office")],
+            agents: [.init(id: "office", secret: "old-secret-0123456789")],
+            services: [.init(name: "web", agent: "office")],
             proxyOptions: ["secretRotationGraceSeconds": 1]
         ) { relay in
             try await relay.startProxy()
             let agent = try await relay.startAgent(id: "office", services: ["web": echo.port])
-            relay.agents = [.init(id: "office", secret: "new-secret")]
+            relay.agents = [.init(id: "office", secret: "new-secret-0123456789")]
             try relay.writeProxyConfig()
             let reloaded = ContinuousClock.now
             _ = try await self.reload(relay.proxySocket)
@@ -111,10 +113,12 @@ struct ReloadTests {
         let echo = try await TargetServer.start(.echo)
         defer { Task { await echo.close() } }
         try await withFixture(
-            agents: [.init(id: "office", secret: "s3cret")], services: [.init(name: "web", agent: "office")]
+            agents: [.init(id: "office", secret: "s3cret-s3cret-s3cret")],
+            services: [.init(name: "web", agent: "office")]
         ) { first in
             try await withFixture(
-                agents: [.init(id: "office", secret: "s3cret")], services: [.init(name: "web", agent: "office")]
+                agents: [.init(id: "office", secret: "s3cret-s3cret-s3cret")],
+                services: [.init(name: "web", agent: "office")]
             ) { second in
                 try await first.startProxy()
                 try await second.startProxy()
@@ -153,7 +157,8 @@ struct ReloadTests {
         let echo = try await TargetServer.start(.echo)
         defer { Task { await echo.close() } }
         try await withFixture(
-            agents: [.init(id: "office", secret: "s3cret")], services: [.init(name: "web", agent: "office")]
+            agents: [.init(id: "office", secret: "s3cret-s3cret-s3cret")],
+            services: [.init(name: "web", agent: "office")]
         ) { relay in
             let proxy = try await relay.startProxy()
             let agent = try await relay.startAgent(
@@ -181,7 +186,8 @@ struct ReloadTests {
         let echo = try await TargetServer.start(.echo)
         defer { Task { await echo.close() } }
         try await withFixture(
-            agents: [.init(id: "office", secret: "s3cret")], services: [.init(name: "web", agent: "office")],
+            agents: [.init(id: "office", secret: "s3cret-s3cret-s3cret")],
+            services: [.init(name: "web", agent: "office")],
             proxyOptions: ["heartbeatIntervalSeconds": 20, "heartbeatTimeoutSeconds": 60]
         ) { relay in
             try await relay.startProxy()
@@ -217,7 +223,7 @@ struct ReloadTests {
             }
         }
         try await withFixture(
-            agents: [.init(id: "office", secret: "s3cret")],
+            agents: [.init(id: "office", secret: "s3cret-s3cret-s3cret")],
             services: [.init(name: "gone", agent: "office"), .init(name: "kept", agent: "office")],
             proxyOptions: ["removedServiceSessions": rule]
         ) { relay in

@@ -11,7 +11,7 @@ struct ResetTests {
         let target = try await TargetServer.start(.silent)
         defer { Task { await target.close() } }
         try await withFixture(
-            agents: [.init(id: "office", secret: "s3cret")], services: [.init(name: "t", agent: "office")]
+            agents: [.init(id: "office", secret: "s3cret-s3cret-s3cret")], services: [.init(name: "t", agent: "office")]
         ) { relay in
             try await relay.startProxy()
             let agent = try await relay.startAgent(id: "office", services: ["t": target.port])
@@ -35,7 +35,7 @@ struct ResetTests {
         let target = try await TargetServer.start(.resetOnRead)
         defer { Task { await target.close() } }
         try await withFixture(
-            agents: [.init(id: "office", secret: "s3cret")], services: [.init(name: "r", agent: "office")]
+            agents: [.init(id: "office", secret: "s3cret-s3cret-s3cret")], services: [.init(name: "r", agent: "office")]
         ) { relay in
             try await relay.startProxy()
             let agent = try await relay.startAgent(id: "office", services: ["r": target.port])

@@ -62,7 +62,8 @@ struct ShippedConfigTests {
         let echo = try await TargetServer.start(.echo)
         defer { Task { await echo.close() } }
         try await withFixture(
-            agents: [.init(id: "office", secret: "s3cret")], services: [.init(name: "web", agent: "office")]
+            agents: [.init(id: "office", secret: "s3cret-s3cret-s3cret")],
+            services: [.init(name: "web", agent: "office")]
         ) {
             relay in
             try await relay.startProxy()

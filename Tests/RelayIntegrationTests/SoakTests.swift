@@ -36,7 +36,8 @@ struct SoakTests {
         let target = try await MixedTarget.start()
         defer { Task { await target.close() } }
         try await withFixture(
-            agents: [.init(id: "office", secret: "s3cret")], services: [.init(name: "mixed", agent: "office")]
+            agents: [.init(id: "office", secret: "s3cret-s3cret-s3cret")],
+            services: [.init(name: "mixed", agent: "office")]
         ) { relay in
             let proxy = try await relay.startProxy()
             let agent = try await relay.startAgent(id: "office", services: ["mixed": target.port])

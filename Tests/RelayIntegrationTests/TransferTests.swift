@@ -11,7 +11,8 @@ struct TransferTests {
         let target = try await TargetServer.start(.hashReply)
         defer { Task { await target.close() } }
         try await withFixture(
-            agents: [.init(id: "office", secret: "s3cret")], services: [.init(name: "up", agent: "office")]
+            agents: [.init(id: "office", secret: "s3cret-s3cret-s3cret")],
+            services: [.init(name: "up", agent: "office")]
         ) { relay in
             try await relay.startProxy()
             try await relay.startAgent(id: "office", services: ["up": target.port])
@@ -41,7 +42,8 @@ struct TransferTests {
         let target = try await TargetServer.start(.source(bytes: Self.bulk))
         defer { Task { await target.close() } }
         try await withFixture(
-            agents: [.init(id: "office", secret: "s3cret")], services: [.init(name: "down", agent: "office")]
+            agents: [.init(id: "office", secret: "s3cret-s3cret-s3cret")],
+            services: [.init(name: "down", agent: "office")]
         ) { relay in
             try await relay.startProxy()
             try await relay.startAgent(id: "office", services: ["down": target.port])
@@ -70,7 +72,7 @@ struct TransferTests {
         let target = try await TargetServer.start(.hashReply)
         defer { Task { await target.close() } }
         try await withFixture(
-            agents: [.init(id: "office", secret: "s3cret")], services: [.init(name: "h", agent: "office")]
+            agents: [.init(id: "office", secret: "s3cret-s3cret-s3cret")], services: [.init(name: "h", agent: "office")]
         ) { relay in
             try await relay.startProxy()
             let agent = try await relay.startAgent(id: "office", services: ["h": target.port])
@@ -96,7 +98,7 @@ struct TransferTests {
         let target = try await TargetServer.start(.greetThenRead(greeting: greeting))
         defer { Task { await target.close() } }
         try await withFixture(
-            agents: [.init(id: "office", secret: "s3cret")], services: [.init(name: "g", agent: "office")]
+            agents: [.init(id: "office", secret: "s3cret-s3cret-s3cret")], services: [.init(name: "g", agent: "office")]
         ) { relay in
             try await relay.startProxy()
             try await relay.startAgent(id: "office", services: ["g": target.port])
@@ -131,7 +133,7 @@ struct TransferTests {
         let target = try await TargetServer.start(.echo)
         defer { Task { await target.close() } }
         try await withFixture(
-            agents: [.init(id: "office", secret: "s3cret")], services: [.init(name: "e", agent: "office")]
+            agents: [.init(id: "office", secret: "s3cret-s3cret-s3cret")], services: [.init(name: "e", agent: "office")]
         ) { relay in
             try await relay.startProxy()
             let agent = try await relay.startAgent(id: "office", services: ["e": target.port])
@@ -158,7 +160,8 @@ struct TransferTests {
         let target = try await TargetServer.start(.source(bytes: gigabyte))
         defer { Task { await target.close() } }
         try await withFixture(
-            agents: [.init(id: "office", secret: "s3cret")], services: [.init(name: "slow", agent: "office")]
+            agents: [.init(id: "office", secret: "s3cret-s3cret-s3cret")],
+            services: [.init(name: "slow", agent: "office")]
         ) { relay in
             try await relay.startProxy()
             let agent = try await relay.startAgent(id: "office", services: ["slow": target.port])

@@ -204,12 +204,13 @@ struct ChannelPair {
 
     @Test func versionMismatchEndsBothEnds() throws {
         var pair = Self.pair()
-        _ = pair.agent.start()  // the agent waits for a challenge; a newer agent said version 2
-        try pair.agentSends(.hello(.init(version: 2, agent: "office")))
+        _ = pair.agent.start()  // the agent waits for a challenge; a newer agent said version 3
+        try pair.agentSends(.hello(.init(version: 3, agent: "office", nonce: "bm9uY2U=")))
         #expect(pair.types == ["A> hello", "P> error"])
         #expect(
             pair.agentEvents == [
-                .peerError(.init(code: .unsupportedVersion, message: "this relay speaks protocol version 1"))
+                .peerError(
+                    .init(code: .unsupportedVersion, message: ProxyControlStateMachine.versionMismatch(3)))
             ])
         #expect(pair.agent.state == .closed)
         #expect(pair.proxy.state == .closed)
@@ -218,7 +219,7 @@ struct ChannelPair {
     @Test func aRelayThatSkipsTheChallengeIsRejected() throws {
         var pair = Self.pair()
         _ = pair.agent.start()
-        try pair.relaySends(.welcome(.init(heartbeatSeconds: 10)))
+        try pair.relaySends(.welcome(.init(heartbeatSeconds: 10, proof: Fixture.proof)))
         #expect(pair.types == ["P> welcome", "A> error"])
         #expect(pair.agent.state == .closed)
         // The agent's error reached the relay's machine, which closed too.

@@ -28,11 +28,15 @@ import Testing
 
     @Test func encodingIsCompactSortedAndKeepsSlashes() {
         #expect(
-            text(ControlCodec.encode(.hello(.init(agent: "office"))))
-                == #"{"agent":"office","type":"hello","version":1}"# + "\n")
+            text(ControlCodec.encode(.hello(.init(agent: "office", nonce: "bm9uY2U="))))
+                == #"{"agent":"office","nonce":"bm9uY2U=","type":"hello","version":2}"# + "\n")
         #expect(
-            text(ControlCodec.encode(.welcome(.init(heartbeatSeconds: 10))))
-                == #"{"heartbeatSeconds":10,"type":"welcome"}"# + "\n")
+            text(ControlCodec.encode(.welcome(.init(heartbeatSeconds: 10, proof: Fixture.proof, at: 5))))
+                == #"{"at":5,"heartbeatSeconds":10,"proof":"\#(Fixture.proof)","type":"welcome"}"# + "\n")
+        // Unset clock stamps are left out.
+        #expect(
+            text(ControlCodec.encode(.welcome(.init(heartbeatSeconds: 10, proof: Fixture.proof))))
+                == #"{"heartbeatSeconds":10,"proof":"\#(Fixture.proof)","type":"welcome"}"# + "\n")
         #expect(text(ControlCodec.encode(.ping(.init(seq: 7)))) == #"{"seq":7,"type":"ping"}"# + "\n")
         let refuse = ControlMessage.refuse(.init(session: Fixture.session, code: .targetUnreachable, message: "a/b"))
         #expect(
@@ -67,13 +71,33 @@ import Testing
     }
 
     @Test func welcomeAcceptsFractionalSeconds() throws {
-        #expect(try decode(#"{"type":"welcome","heartbeatSeconds":0.5}"#) == .welcome(.init(heartbeatSeconds: 0.5)))
+        #expect(
+            try decode(#"{"type":"welcome","heartbeatSeconds":0.5,"proof":"\#(Fixture.proof)"}"#)
+                == .welcome(.init(heartbeatSeconds: 0.5, proof: Fixture.proof)))
     }
 
     @Test func helloCarriesItsVersionWhateverItIs() throws {
         // The codec accepts any integer version; the state machine decides what it supports.
         #expect(
-            try decode(#"{"type":"hello","version":2,"agent":"office"}"#) == .hello(.init(version: 2, agent: "office")))
+            try decode(#"{"type":"hello","version":1,"agent":"office"}"#)
+                == .hello(.init(version: 1, agent: "office", nonce: nil)))
+        #expect(
+            try decode(#"{"type":"hello","version":7,"agent":"office","nonce":"n"}"#)
+                == .hello(.init(version: 7, agent: "office", nonce: "n")))
+    }
+
+    @Test func stampingSetsAtOnlyWhereTheMessageHasIt() {
+        let connect = ControlMessage.connect(
+            .init(session: Fixture.session, service: "web", token: Fixture.token, client: "c", expiresIn: 10))
+        #expect(connect.stamped(at: 42).at == 42)
+        #expect(connect.stamped(at: 42).stamped(at: 50).at == 42)
+        #expect(ControlMessage.ping(.init(seq: 1)).stamped(at: 9) == .ping(.init(seq: 1, at: 9)))
+        #expect(ControlMessage.pong(.init(seq: 1)).stamped(at: 9) == .pong(.init(seq: 1, at: 9)))
+        #expect(
+            ControlMessage.challenge(.init(nonce: "n")).stamped(at: 9) == .challenge(.init(nonce: "n", at: 9)))
+        let register = ControlMessage.register(.init(services: []))
+        #expect(register.stamped(at: 9) == register)
+        #expect(register.at == nil)
     }
 
     // MARK: error paths
@@ -218,7 +242,8 @@ import Testing
         #expect(
             ErrorCode.allCases.map(\.rawValue) == [
                 "bad_json", "line_too_long", "unknown_type", "bad_message", "unexpected_message", "unsupported_version",
-                "auth_failed", "timeout", "unknown_session", "bad_token", "unknown_service", "target_unreachable",
+                "auth_failed", "timeout", "unknown_session", "bad_token", "unknown_service", "connect_expired",
+                "target_unreachable",
                 "data_channel_failed", "replaced", "shutting_down",
             ])
     }

@@ -24,7 +24,7 @@ import Testing
 
     @Test(arguments: ["", "bad name", String(repeating: "n", count: 65), "a\"b"])
     func helloWithBadAgentName(_ name: String) {
-        let line = text(ControlCodec.encode(.hello(.init(agent: name)))).dropLast()
+        let line = text(ControlCodec.encode(.hello(.init(agent: name, nonce: "n")))).dropLast()
         #expect(decodeError(String(line)) == ProtocolError(.badMessage, "field 'agent' must be \(Self.nameRule)"))
     }
 
@@ -123,9 +123,30 @@ import Testing
 
     @Test func negativeHeartbeatSeconds() throws {
         #expect(
-            decodeError(#"{"type":"welcome","heartbeatSeconds":-1}"#)
+            decodeError(#"{"type":"welcome","heartbeatSeconds":-1,"proof":"\#(Fixture.proof)"}"#)
                 == ProtocolError(.badMessage, "invalid value in field 'heartbeatSeconds'"))
-        #expect(try decode(#"{"type":"welcome","heartbeatSeconds":0}"#) == .welcome(.init(heartbeatSeconds: 0)))
+        #expect(
+            try decode(#"{"type":"welcome","heartbeatSeconds":0,"proof":"\#(Fixture.proof)"}"#)
+                == .welcome(.init(heartbeatSeconds: 0, proof: Fixture.proof)))
+    }
+
+    /// Version 2 requires the new fields; a version 1 message decodes without them (so that
+    /// it can be answered `unsupported_version`), but not with malformed ones.
+    @Test func newFieldsAreRequiredInVersion2() {
+        let session = Fixture.session
+        let token = Fixture.token
+        #expect(decodeError(#"{"type":"hello","version":2,"agent":"a"}"#)?.code == .badMessage)
+        #expect(decodeError(#"{"type":"hello","version":2,"agent":"a","nonce":""}"#)?.code == .badMessage)
+        #expect(decodeError(#"{"type":"hello","version":1,"agent":"a"}"#) == nil)
+        #expect(decodeError(#"{"type":"welcome","heartbeatSeconds":1}"#)?.code == .badMessage)
+        #expect(decodeError(#"{"type":"welcome","heartbeatSeconds":1,"proof":"ab"}"#)?.code == .badMessage)
+        #expect(
+            decodeError(#"{"type":"attach","version":2,"session":"\#(session)","token":"\#(token)"}"#)?.code
+                == .badMessage)
+        #expect(decodeError(#"{"type":"attach","version":1,"session":"\#(session)","token":"\#(token)"}"#) == nil)
+        #expect(
+            decodeError(#"{"type":"attach","version":1,"session":"\#(session)","token":"\#(token)","proof":"x"}"#)?
+                .code == .badMessage)
     }
 
     @Test func freeTextIsNotValidated() throws {

@@ -17,6 +17,35 @@ import Testing
         #expect(framer.takeRemainder() == nil)
     }
 
+    /// A peer whose every write ends inside a line (the next line's start pending) never
+    /// makes the framer hold more than one line plus one read, however much it sends: bytes
+    /// taken out as lines are let go of. Before, the framer's storage grew with every read
+    /// (32 MiB sent: 32 MiB held).
+    @Test func partialLinesAtEveryReadDoNotAccumulate() throws {
+        let limit = 16 * 1024
+        var framer = LineFramer(maxLineBytes: limit)
+        let line = Array(String(repeating: "x", count: limit - 100).utf8) + [UInt8(ascii: "\n")]
+        // Writes of one line's length, shifted by half a line: each ends mid-line.
+        var pending = Array(line[(line.count / 2)...])
+        var sent = 0
+        var lines = 0
+        var largest = 0
+        while sent < 32 << 20 {
+            pending += line
+            let read = Array(pending.prefix(line.count))
+            pending.removeFirst(read.count)
+            framer.append(ByteBuffer(bytes: read))
+            sent += read.count
+            while try framer.nextLine() != nil { lines += 1 }
+            largest = max(largest, framer.retainedBytes)
+        }
+        print(
+            "figure: framer fed \(sent >> 20) MiB of mid-line writes (\(lines) lines) retained at most \(largest) bytes"
+        )
+        #expect(lines > 1000)
+        #expect(largest <= limit + line.count * 2, "retained \(largest) bytes")
+    }
+
     @Test func oneLine() throws {
         var framer = LineFramer()
         framer.append(ByteBuffer(string: "hello\n"))

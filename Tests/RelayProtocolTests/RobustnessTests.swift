@@ -54,10 +54,13 @@ import Testing
     }
 
     static let fieldsByType: [String: [String]] = [
-        "hello": ["version", "agent"], "challenge": ["nonce"], "auth": ["proof"], "welcome": ["heartbeatSeconds"],
+        "hello": ["version", "agent", "nonce"], "challenge": ["nonce", "at"], "auth": ["proof"],
+        "welcome": ["heartbeatSeconds", "proof", "at"],
         "register": ["services"], "registered": ["accepted", "refused"],
-        "connect": ["session", "service", "token", "client"], "refuse": ["session", "code", "message"],
-        "attach": ["version", "session", "token"], "attached": ["session"], "ping": ["seq"], "pong": ["seq"],
+        "connect": ["session", "service", "token", "client", "at", "expiresIn"],
+        "refuse": ["session", "code", "message"],
+        "attach": ["version", "session", "token", "proof"], "attached": ["session"], "ping": ["seq", "at"],
+        "pong": ["seq", "at"],
         "error": ["code", "message"],
     ]
 
@@ -71,7 +74,10 @@ import Testing
         case "service": return quoted(names)
         case "nonce": return quoted(["n", "bm9uY2U="])
         case "proof":
-            return quoted([Fixture.proof, Authenticator.proof(secret: Secret("s"), nonce: "n", agentID: "a")])
+            return quoted([
+                Fixture.proof,
+                Authenticator.agentProof(secret: Secret("s"), .init(relayNonce: "n", agentNonce: "m", agentID: "a")),
+            ])
         case "heartbeatSeconds": return ["10", "0.5", "0"].randomElement(using: &rng)!
         case "services", "accepted":
             return "[" + (0..<Int.random(in: 0...3, using: &rng)).map { _ in quoted(names) }.joined(separator: ",")
@@ -83,7 +89,7 @@ import Testing
         case "client": return quoted(["203.0.113.9:51234", ""])
         case "code": return quoted(ErrorCode.allCases.map(\.rawValue))
         case "message": return quoted(["m", "", "é\\n"])
-        case "seq": return String(UInt64.random(in: 0 ... .max, using: &rng))
+        case "seq", "at", "expiresIn": return String(UInt64.random(in: 0 ... .max, using: &rng))
         default: return randomValue(&rng, depth: 1)
         }
     }
@@ -114,9 +120,10 @@ import Testing
             lookup: { $0 == "a" ? AgentCredentials(secret: secret, services: ["web", "a"]) : nil },
             makeNonce: { "n" })
         var machines = [machine]
-        _ = machine.receive(.hello(.init(agent: "a")))
+        _ = machine.receive(.hello(.init(agent: "a", nonce: "m")))
         machines.append(machine)
-        _ = machine.receive(.auth(.init(proof: Authenticator.proof(secret: secret, nonce: "n", agentID: "a"))))
+        let handshake = Authenticator.Handshake(relayNonce: "n", agentNonce: "m", agentID: "a")
+        _ = machine.receive(.auth(.init(proof: Authenticator.agentProof(secret: secret, handshake))))
         machines.append(machine)
         _ = machine.receive(.register(.init(services: ["web"])))
         machines.append(machine)
@@ -124,13 +131,15 @@ import Testing
     }
 
     static func agentMachines() -> [AgentControlStateMachine] {
-        var machine = AgentControlStateMachine(agentID: "a", secret: Secret("s"), services: ["web"])
+        var machine = AgentControlStateMachine(agentID: "a", secret: Secret("s"), services: ["web"], agentNonce: "m")
         var machines = [machine]
         _ = machine.start()
         machines.append(machine)
         _ = machine.receive(.challenge(.init(nonce: "n")))
         machines.append(machine)
-        _ = machine.receive(.welcome(.init(heartbeatSeconds: 1)))
+        let handshake = Authenticator.Handshake(relayNonce: "n", agentNonce: "m", agentID: "a")
+        _ = machine.receive(
+            .welcome(.init(heartbeatSeconds: 1, proof: Authenticator.relayProof(secret: Secret("s"), handshake))))
         machines.append(machine)
         _ = machine.receive(.registered(.init(accepted: ["web"], refused: [])))
         machines.append(machine)

@@ -112,7 +112,7 @@ import Testing
         var machine = Self.relay(in: "awaiting")
         #expect(
             machine.handle(.dataChannelArrived(tokenMatches: false)) == [
-                .rejectDataChannel(ProtocolError(.badToken, "wrong token for this session"))
+                .rejectDataChannel(ProtocolError(.badToken, "wrong token or proof for this session"))
             ])
         #expect(machine.state == .pending(.awaitingDataChannel))
         #expect(machine.handle(.dataChannelArrived(tokenMatches: true)) == [.cancelAttachTimer, .sendAttached])
@@ -527,7 +527,8 @@ import Testing
         }
     }
 
-    static let rejectBadToken = Action.rejectDataChannel(ProtocolError(.badToken, "wrong token for this session"))
+    static let rejectBadToken = Action.rejectDataChannel(
+        ProtocolError(.badToken, "wrong token or proof for this session"))
 
     @Test(arguments: [Machine.Role.relay, .agent])
     func aClosedSessionIgnoresEverything(_ role: Machine.Role) {

@@ -12,19 +12,22 @@ enum Fixture {
 
     /// One valid instance of every message type, in declaration order.
     static let everyMessage: [ControlMessage] = [
-        .hello(.init(agent: "office")),
-        .challenge(.init(nonce: "bm9uY2U=")),
+        .hello(.init(agent: "office", nonce: "YWdlbnQgbm9uY2U=")),
+        .challenge(.init(nonce: "bm9uY2U=", at: 81234)),
         .auth(.init(proof: proof)),
-        .welcome(.init(heartbeatSeconds: 10)),
+        .welcome(.init(heartbeatSeconds: 10, proof: proof, at: 81236)),
         .register(.init(services: ["web", "ssh"])),
         .registered(
             .init(
                 accepted: ["web"], refused: [.init(service: "ssh", code: .unknownService, message: "not assigned")])),
-        .connect(.init(session: session, service: "web", token: token, client: "203.0.113.9:51234")),
+        .connect(
+            .init(
+                session: session, service: "web", token: token, client: "203.0.113.9:51234", at: 81240,
+                expiresIn: 10000)),
         .refuse(.init(session: session, code: .targetUnreachable, message: "connection refused")),
-        .attach(.init(session: session, token: token)),
+        .attach(.init(session: session, token: token, proof: proof)),
         .attached(.init(session: session)),
-        .ping(.init(seq: 7)),
+        .ping(.init(seq: 7, at: 81250)),
         .pong(.init(seq: 7)),
         .error(.init(code: .authFailed, message: "authentication failed")),
     ]

@@ -199,7 +199,7 @@ def build(table, meta):
 
 
 def targets(cells):
-    """Issue 9's targets for relay plaintext, each met or missed, in this run's figures."""
+    """Issue 9's targets for relay plaintext and issue 10's for TLS, each met or missed, in this run's figures."""
     def m(system, key):
         cell = cells.get((system, key))
         return cell.median if cell else None
@@ -224,6 +224,12 @@ def targets(cells):
     rp, hp = m("relay", "ka_p99"), m("haproxy", "ka_p99")
     check(f"keep-alive requests/s ≥ 1.2× HAProxy ×2 ({_x(r, h)}), p99 no worse ({_ms(rp)} vs {_ms(hp)})",
           None if None in (r, h, rp, hp) else (r >= 1.2 * h and rp <= hp))
+    # Issue 10's targets for relay with TLS on the agent port.
+    for key, name in (("tput1", "one stream"), ("tput8", "eight streams")):
+        t, s = m("relay-tls", key), m("ssh", key)
+        check(f"TLS throughput, {name}: ≥ 1.5× ssh -R aes128-gcm ({_x(t, s)})", None if None in (t, s) else t >= 1.5 * s)
+    t, r = m("relay-tls", "cl_rps"), m("relay", "cl_rps")
+    check(f"TLS new sessions/s ≥ 0.5× plaintext relay ({_x(t, r)})", None if None in (t, r) else t >= 0.5 * r)
     return out
 
 
@@ -283,7 +289,7 @@ def render(table, meta):
     ]
     out += lines
     out += [""]
-    out.append("Issue 9's targets for relay (plaintext), from this table:")
+    out.append("Issue 9's targets for relay (plaintext) and issue 10's for TLS, from this table:")
     out.append("")
     out += targets(cells)
     out += memory_targets(table, cells)

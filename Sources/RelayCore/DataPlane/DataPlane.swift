@@ -58,3 +58,18 @@ extension DataPlaneKind {
         }
     }
 }
+
+extension DataPlane {
+    /// Starts pumping two session links: two owned sockets go to this data plane (splice
+    /// for a plaintext session); a link already in NIO (a TLS data channel) puts the session
+    /// in user space, on this plane when it is the user-space one.
+    public func start(_ first: SessionLink, _ second: SessionLink, meter: TrafficMeter, limits: PumpLimits)
+        -> any PumpRunning
+    {
+        if case .socket(let firstSocket) = first, case .socket(let secondSocket) = second {
+            return self.start(firstSocket, secondSocket, meter: meter, limits: limits)
+        }
+        let userSpace = self as? UserSpaceDataPlane ?? UserSpaceDataPlane()
+        return userSpace.start(links: first, second, meter: meter, limits: limits)
+    }
+}

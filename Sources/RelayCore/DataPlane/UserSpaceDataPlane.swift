@@ -23,61 +23,85 @@ public struct UserSpaceDataPlane: DataPlane, CustomStringConvertible {
     public func start(_ first: OwnedSocket, _ second: OwnedSocket, meter: TrafficMeter, limits: PumpLimits)
         -> any PumpRunning
     {
+        self.start(links: .socket(first), .socket(second), meter: meter, limits: limits)
+    }
+
+    /// Starts pumping two session links: an owned socket is adopted into NIO here; an
+    /// adopted connection (TLS) is pumped through the endpoint its handshake used, and
+    /// released when the pump ends.
+    public func start(links first: SessionLink, _ second: SessionLink, meter: TrafficMeter, limits: PumpLimits)
+        -> any PumpRunning
+    {
         let run = Running()
         let task = Task {
-            let firstConnection: TCPConnection
-            let secondConnection: TCPConnection
+            let outcome = Outcome()
             do {
-                firstConnection = try await Network.adopt(first, group: self.group)
+                try await Self.withEndpoint(first, group: self.group) { firstEnd in
+                    do {
+                        try await Self.withEndpoint(second, group: self.group) { secondEnd in
+                            outcome.value = await Self.pump(
+                                firstEnd, secondEnd, pump: self.pump, meter: meter, limits: limits, run: run)
+                        }
+                    } catch {
+                        if outcome.value == nil {
+                            firstEnd.channel.abort()
+                            outcome.value = .failed(endpoint: .second, reason: Network.describe(error))
+                        }
+                    }
+                }
             } catch {
-                second.reset()
-                return PumpOutcome.failed(endpoint: .first, reason: Network.describe(error))
+                if outcome.value == nil {
+                    second.reset()
+                    second.close()
+                    outcome.value = .failed(endpoint: .first, reason: Network.describe(error))
+                }
             }
-            do {
-                secondConnection = try await Network.adopt(second, group: self.group)
-            } catch {
-                firstConnection.channel.abort()
-                try? await firstConnection.executeThenClose { _, _ in }
-                return PumpOutcome.failed(endpoint: .second, reason: Network.describe(error))
-            }
-            return await Self.pump(
-                firstConnection, first.pending.withLock { $0 }, secondConnection, second.pending.withLock { $0 },
-                pump: self.pump, meter: meter, limits: limits, run: run)
+            return outcome.value ?? .finished
         }
         run.task.withLock { $0 = task }
         return run
     }
 
-    private static func pump(
-        _ first: TCPConnection, _ firstPending: [UInt8], _ second: TCPConnection, _ secondPending: [UInt8],
-        pump: any SessionPump, meter: TrafficMeter, limits: PumpLimits, run: Running
-    ) async -> PumpOutcome {
-        var outcome = PumpOutcome.finished
-        do {
-            try await first.executeThenClose { firstIn, firstOut in
-                try await second.executeThenClose { secondIn, secondOut in
-                    let firstEnd = PumpEndpoint(
-                        channel: first.channel, reader: InboundReader(firstIn, buffered: firstPending), writer: firstOut
-                    )
-                    let secondEnd = PumpEndpoint(
-                        channel: second.channel, reader: InboundReader(secondIn, buffered: secondPending),
-                        writer: secondOut)
-                    // Pending bytes of one side are the other side's first bytes: the reader of
-                    // the side they were read from hands them out first.
-                    run.channels.withLock { $0 = [first.channel, second.channel] }
-                    if let reason = run.killed.withLock({ $0 }) {
-                        first.channel.abort()
-                        second.channel.abort()
-                        outcome = .failed(endpoint: .first, reason: reason)
-                        return
-                    }
-                    outcome = await pump.run(firstEnd, secondEnd, meter: meter, limits: limits)
-                    if let reason = run.killed.withLock({ $0 }) { outcome = .failed(endpoint: .first, reason: reason) }
-                }
+    /// The pump's outcome, set by whichever step decides it.
+    private final class Outcome: @unchecked Sendable {
+        var value: PumpOutcome?
+    }
+
+    /// Runs `body` with `link`'s endpoint: a socket is adopted and closed after `body`; an
+    /// adopted connection is released after it.
+    private static func withEndpoint(
+        _ link: SessionLink, group: any EventLoopGroup, _ body: (PumpEndpoint) async throws -> Void
+    ) async throws {
+        switch link {
+        case .socket(let socket):
+            let pending = socket.pending.withLock { $0 }
+            let connection = try await Network.adopt(socket, group: group)
+            try await connection.executeThenClose { inbound, outbound in
+                try await body(
+                    PumpEndpoint(
+                        channel: connection.channel, reader: InboundReader(inbound, buffered: pending),
+                        writer: outbound))
             }
-        } catch {
-            if outcome == .finished { outcome = .failed(endpoint: .first, reason: Network.describe(error)) }
+        case .adopted(let connection):
+            defer { connection.release() }
+            try await body(try await connection.endpoint())
         }
+    }
+
+    private static func pump(
+        _ firstEnd: PumpEndpoint, _ secondEnd: PumpEndpoint, pump: any SessionPump, meter: TrafficMeter,
+        limits: PumpLimits, run: Running
+    ) async -> PumpOutcome {
+        // Pending bytes of one side are the other side's first bytes: the reader of the side
+        // they were read from hands them out first.
+        run.channels.withLock { $0 = [firstEnd.channel, secondEnd.channel] }
+        if let reason = run.killed.withLock({ $0 }) {
+            firstEnd.channel.abort()
+            secondEnd.channel.abort()
+            return .failed(endpoint: .first, reason: reason)
+        }
+        let outcome = await pump.run(firstEnd, secondEnd, meter: meter, limits: limits)
+        if let reason = run.killed.withLock({ $0 }) { return .failed(endpoint: .first, reason: reason) }
         return outcome
     }
 

@@ -151,6 +151,8 @@ public enum SocketIO {
 /// arrived past the last line (S12), so that the data plane sends it first.
 public struct HandshakeReader: Sendable {
     private var framer: LineFramer
+    /// Whether bytes came already (the first ones are checked for a TLS record).
+    private var started = false
 
     /// A reader that refuses lines longer than `maxLineBytes`.
     public init(maxLineBytes: Int = ProtocolLimits.maxLineBytes) {
@@ -181,7 +183,12 @@ public struct HandshakeReader: Sendable {
                 return 0
             }
             switch outcome {
-            case .bytes: self.framer.append(chunk)
+            case .bytes:
+                if !self.started {
+                    self.started = true
+                    if TLSFailure.looksLikeTLS(chunk) { throw TLSFailure.plaintextSide }
+                }
+                self.framer.append(chunk)
             case .endOfStream: return nil
             case .wouldBlock: try await SocketIO.wait(.readable, on: descriptor, until: deadline)
             case .failed(let code): throw SocketIOError.system(SystemError(call: "recv", code: code))

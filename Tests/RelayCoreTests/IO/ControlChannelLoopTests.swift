@@ -278,7 +278,7 @@ final class RecordingHandler: ControlChannelHandler {
         return nil
     }
 
-    func received(_ message: ControlMessage) {
+    func received(_ message: ControlMessage, at receivedAt: UInt64) {
         self.receivedInput.yield(message)
     }
 

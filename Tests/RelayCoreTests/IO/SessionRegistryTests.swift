@@ -19,7 +19,8 @@ extension IOTests {
             try await Loopback.withAcceptedSocket { _, client in
                 let sessions = (0..<500).map { index in
                     state.openSession(
-                        service: "web", agent: "office", client: "10.0.0.1:\(index)", clientSocket: client)
+                        service: "web", agent: "office", client: "10.0.0.1:\(index)", clientSocket: client,
+                        attachSecret: Self.attachSecret)
                 }
                 #expect(Set(sessions.map(\.id)).count == sessions.count)
                 #expect(Set(sessions.map(\.token)).count == sessions.count)
@@ -39,12 +40,13 @@ extension IOTests {
             let state = try Self.proxyState()
             try await Loopback.withAcceptedSocket { _, client in
                 let first = state.openSession(
-                    service: "web", agent: "office", client: "a", clientSocket: client)
+                    service: "web", agent: "office", client: "a", clientSocket: client, attachSecret: Self.attachSecret)
                 let second = state.openSession(
-                    service: "web", agent: "office", client: "b", clientSocket: client)
+                    service: "web", agent: "office", client: "b", clientSocket: client, attachSecret: Self.attachSecret)
                 // A session that ended but shares the live one's id must not remove it.
                 let stale = ProxySession(
                     id: second.id, service: "web", agent: "office", client: "c", clientSocket: client,
+                    attachSecret: Self.attachSecret,
                     telemetry: state.telemetry.service("web"))
                 for session in [first, second, stale] { session.fail(.shuttingDown) }
                 state.removeSession(first)
@@ -68,16 +70,22 @@ extension IOTests {
                         #expect(state.agent(serving: "web") === link)
                         let pending = (0..<3).map { index in
                             state.openSession(
-                                service: "web", agent: "office", client: "\(index)", clientSocket: client)
+                                service: "web", agent: "office", client: "\(index)", clientSocket: client,
+                                attachSecret: Self.attachSecret)
                         }
                         let joined = state.openSession(
-                            service: "web", agent: "office", client: "j", clientSocket: client)
-                        guard case .claimed = joined.claim(token: joined.token, dataChannel: dataSocket) else {
+                            service: "web", agent: "office", client: "j", clientSocket: client,
+                            attachSecret: Self.attachSecret)
+                        guard
+                            case .claimed = joined.claim(
+                                Self.attach(joined, token: joined.token), dataChannel: .socket(dataSocket))
+                        else {
                             Issue.record("claim failed")
                             return
                         }
                         let otherAgent = state.openSession(
-                            service: "db", agent: "lab", client: "o", clientSocket: client)
+                            service: "db", agent: "lab", client: "o", clientSocket: client,
+                            attachSecret: Self.attachSecret)
 
                         state.unregister(link)
 
@@ -105,7 +113,8 @@ extension IOTests {
                     #expect(state.register(old) == nil)
                     #expect(state.register(new) === old)
                     let session = state.openSession(
-                        service: "web", agent: "office", client: "a", clientSocket: client)
+                        service: "web", agent: "office", client: "a", clientSocket: client,
+                        attachSecret: Self.attachSecret)
                     state.unregister(old)
                     #expect(state.agent(serving: "web") === new)
                     #expect(Self.isPending(session))
@@ -120,23 +129,47 @@ extension IOTests {
             try await Loopback.withAcceptedSocket { _, data in
                 try await Loopback.withAcceptedSocket { _, client in
                     let session = state.openSession(
-                        service: "web", agent: "office", client: "a", clientSocket: client)
+                        service: "web", agent: "office", client: "a", clientSocket: client,
+                        attachSecret: Self.attachSecret)
                     let other = state.openSession(
-                        service: "web", agent: "office", client: "b", clientSocket: client)
-                    if case .badToken = session.claim(token: other.token, dataChannel: data) {
+                        service: "web", agent: "office", client: "b", clientSocket: client,
+                        attachSecret: Self.attachSecret)
+                    if case .badToken = session.claim(
+                        Self.attach(session, token: other.token), dataChannel: .socket(data))
+                    {
                     } else {
                         Issue.record("another session's token was accepted")
                     }
-                    if case .badToken = session.claim(token: "", dataChannel: data) {
+                    if case .badToken = session.claim(Self.attach(session, token: ""), dataChannel: .socket(data)) {
                     } else {
                         Issue.record("an empty token was accepted")
+                    }
+                    // The right token is worthless without the proof: made with another
+                    // agent's secret, made over another session, or missing.
+                    let foreign = Self.attach(session, token: session.token, secret: Secret("another agent's secret"))
+                    if case .badToken = session.claim(foreign, dataChannel: .socket(data)) {
+                    } else {
+                        Issue.record("a proof made with another agent's secret was accepted")
+                    }
+                    var moved = Self.attach(other, token: session.token)
+                    moved.session = session.id
+                    if case .badToken = session.claim(moved, dataChannel: .socket(data)) {
+                    } else {
+                        Issue.record("a proof made for another session was accepted")
+                    }
+                    let bare = ControlMessage.Attach(session: session.id, token: session.token, proof: nil)
+                    if case .badToken = session.claim(bare, dataChannel: .socket(data)) {
+                    } else {
+                        Issue.record("a token without a proof was accepted")
                     }
                     #expect(Self.isPending(session))
                     // Eight attaches at once with the right token: one wins.
                     let results = await withTaskGroup(of: Bool.self) { group in
                         for _ in 0..<8 {
                             group.addTask {
-                                if case .claimed = session.claim(token: session.token, dataChannel: data) {
+                                if case .claimed = session.claim(
+                                    Self.attach(session, token: session.token), dataChannel: .socket(data))
+                                {
                                     return true
                                 }
                                 return false
@@ -146,19 +179,23 @@ extension IOTests {
                     }
                     let winners = results.filter { $0 }
                     #expect(winners.count == 1)
-                    if case .open(let channel) = session.phase {
+                    if case .open(.socket(let channel)) = session.phase {
                         #expect(channel === data)
                     } else {
                         Issue.record("a claimed session is not open")
                     }
-                    if case .notPending = session.claim(token: session.token, dataChannel: data) {
+                    if case .notPending = session.claim(
+                        Self.attach(session, token: session.token), dataChannel: .socket(data))
+                    {
                     } else {
                         Issue.record("a session was claimed twice")
                     }
                     #expect(!session.fail(.killed), "an attached session can no longer fail as pending")
                     // A session that failed cannot be claimed.
                     #expect(other.fail(.attachTimeout(1)))
-                    if case .notPending = other.claim(token: other.token, dataChannel: data) {
+                    if case .notPending = other.claim(
+                        Self.attach(other, token: other.token), dataChannel: .socket(data))
+                    {
                     } else {
                         Issue.record("a failed session was claimed")
                     }
@@ -171,7 +208,7 @@ extension IOTests {
             let state = try Self.proxyState()
             try await Loopback.withAcceptedSocket { outerClient, client in
                 let session = state.openSession(
-                    service: "web", agent: "office", client: "a", clientSocket: client)
+                    service: "web", agent: "office", client: "a", clientSocket: client, attachSecret: Self.attachSecret)
                 session.handle(.kill)
                 #expect(await Self.failure(of: session).map { "\($0)" } == "\(SessionFailure.killed)")
                 if case .killed? = session.termination {} else { Issue.record("termination not recorded") }
@@ -185,8 +222,12 @@ extension IOTests {
             try await Loopback.withAcceptedSocket { outerClient, client in
                 try await Loopback.withAcceptedSocket { agent, data in
                     let session = state.openSession(
-                        service: "web", agent: "office", client: "a", clientSocket: client)
-                    guard case .claimed = session.claim(token: session.token, dataChannel: data) else {
+                        service: "web", agent: "office", client: "a", clientSocket: client,
+                        attachSecret: Self.attachSecret)
+                    guard
+                        case .claimed = session.claim(
+                            Self.attach(session, token: session.token), dataChannel: .socket(data))
+                    else {
                         Issue.record("claim failed")
                         return
                     }
@@ -252,7 +293,7 @@ extension IOTests {
                 try await Loopback.withAcceptedSocket { relayPeer, data in
                     let session = Self.agentSession("a1", state)
                     session.adoptTarget(target)
-                    session.adoptData(data)
+                    session.adoptData(.socket(data))
                     #expect(session.targetSocket === target)
                     session.handle(.kill)
                     #expect(session.end?.description == "killed by operator")
@@ -265,6 +306,18 @@ extension IOTests {
         }
 
         // MARK: - Helpers
+
+        /// The secret sessions are offered under in these tests.
+        static let attachSecret = Secret("the agent's secret, 16+ bytes")
+
+        /// The `attach` an agent holding ``attachSecret`` sends for `session` with `token`.
+        static func attach(_ session: ProxySession, token: String, secret: Secret = attachSecret)
+            -> ControlMessage.Attach
+        {
+            .init(
+                session: session.id, token: token,
+                proof: Authenticator.attachProof(secret: secret, session: session.id, token: token))
+        }
 
         static func proxyState() throws -> ProxyState {
             let dir = try TempDir()

@@ -67,16 +67,59 @@ struct FakeAgent {
             }
         }
 
-        /// Authenticates as `id` with `secret` and registers `services`; returns the relay's answer.
+        /// Authenticates as `id` with `secret` (checking the relay's proof too) and registers
+        /// `services`; returns the relay's answer.
         func handshake(id: String, secret: String, services: [String]) async throws -> ControlMessage? {
-            try await self.send(.hello(.init(agent: id)))
+            let agentNonce = Authenticator.makeNonce()
+            try await self.send(.hello(.init(agent: id, nonce: agentNonce)))
             guard case .challenge(let challenge)? = try await self.receive() else { throw HarnessError("no challenge") }
-            let proof = Authenticator.proof(secret: Secret(secret), nonce: challenge.nonce, agentID: id)
-            try await self.send(.auth(.init(proof: proof)))
+            let handshake = Authenticator.Handshake(relayNonce: challenge.nonce, agentNonce: agentNonce, agentID: id)
+            try await self.send(.auth(.init(proof: Authenticator.agentProof(secret: Secret(secret), handshake))))
             let welcome = try await self.receive()
-            guard case .welcome? = welcome else { return welcome }
+            guard case .welcome(let accepted)? = welcome else { return welcome }
+            guard Authenticator.verifyRelay(proof: accepted.proof, secret: Secret(secret), handshake) else {
+                throw HarnessError("the relay's welcome proof is wrong")
+            }
             try await self.send(.register(.init(services: services)))
             return try await self.receive()
         }
+
+        /// Plays the relay's side of a handshake for an agent holding `secret` (nil: a fake
+        /// relay that does not know it, and sends a made-up proof); returns the agent's
+        /// `register`, or nil when the agent sent something else (the message is in `last`).
+        func serveAgent(secret: String?, heartbeatSeconds: Double = 10) async throws -> ControlMessage.Register? {
+            guard case .hello(let hello)? = try await self.receive() else { throw HarnessError("no hello") }
+            let nonce = Authenticator.makeNonce()
+            try await self.send(.challenge(.init(nonce: nonce)))
+            guard case .auth? = try await self.receive() else { throw HarnessError("no auth") }
+            let handshake = Authenticator.Handshake(
+                relayNonce: nonce, agentNonce: hello.nonce ?? "", agentID: hello.agent)
+            let proof =
+                secret.map { Authenticator.relayProof(secret: Secret($0), handshake) }
+                ?? String(repeating: "0", count: 64)
+            try await self.send(.welcome(.init(heartbeatSeconds: heartbeatSeconds, proof: proof)))
+            let next = try await self.receive()
+            self.last = next
+            guard case .register(let register)? = next else { return nil }
+            try await self.send(.registered(.init(accepted: register.services, refused: [])))
+            return register
+        }
+
+        /// The last message ``serveAgent(secret:heartbeatSeconds:)`` received.
+        var last: ControlMessage?
+    }
+}
+
+extension ControlMessage.Attach {
+    /// The `attach` an agent holding `secret` sends for `connect`.
+    static func proved(_ connect: ControlMessage.Connect, secret: String) -> Self {
+        self.proved(session: connect.session, token: connect.token, secret: secret)
+    }
+
+    /// The `attach` for `session` with `token`, its proof made with `secret`.
+    static func proved(session: String, token: String, secret: String) -> Self {
+        Self(
+            session: session, token: token,
+            proof: Authenticator.attachProof(secret: Secret(secret), session: session, token: token))
     }
 }

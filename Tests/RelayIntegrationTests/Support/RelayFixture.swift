@@ -109,7 +109,7 @@ final class RelayFixture {
         targetHost: String = "127.0.0.1",
         control: String? = nil
     ) throws -> String {
-        let secret = secret ?? self.agents.first { $0.id == id }?.secret ?? "unknown"
+        let secret = secret ?? self.agents.first { $0.id == id }?.secret ?? "unknown-agent-secret-0123456789"
         var config: [String: Any] = [
             "relay": Self.address(self.relayHost, self.agentPort),
             "id": id,
