@@ -260,7 +260,7 @@ struct LimitsTests {
             {
                 let connection = try await Self.connect(from: Self.other, port: relay.agentPort)
                 let answer: ControlMessage? = try await FakeAgent(connection: connection).session { lines in
-                    try? await lines.send(.hello(.init(agent: "office")))
+                    try? await lines.send(.hello(.init(agent: "office", nonce: Authenticator.makeNonce())))
                     guard case .challenge? = try? await lines.receive() else { return nil }
                     try? await lines.send(.auth(.init(proof: String(repeating: "0", count: 64))))
                     return try? await lines.receive()
