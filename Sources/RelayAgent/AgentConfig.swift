@@ -55,12 +55,22 @@ public struct AgentConfig: Sendable, DaemonSettings {
     /// read at start, kept until a restart.
     public var dataPlane = DataPlaneKind.default
 
+    /// The most live sessions (`maxSessions`, default 1024): a `connect` past it is refused
+    /// before the target is dialled.
+    public var maxSessions = Self.defaultMaxSessions
+    /// Default `maxSessions`.
+    public static let defaultMaxSessions = 1024
+    /// How long a session may move no byte either way (`sessionIdleTimeoutSeconds`, default
+    /// 3600; 0: no limit).
+    public var sessionIdleTimeout = PumpLimits.defaultSessionIdleTimeout
     /// TLS 1.3 on the agent port (`tls`: how the relay is verified, and a client certificate
     /// for mutual TLS); nil: plaintext. A reload re-reads its files for the connections after it.
     public var tls: AgentTLS? = nil
 
     /// The limits a session opened now runs with.
-    public var pumpLimits: PumpLimits { PumpLimits(halfCloseTimeoutSeconds: self.halfCloseTimeout) }
+    public var pumpLimits: PumpLimits {
+        PumpLimits(halfCloseTimeoutSeconds: self.halfCloseTimeout, idleTimeoutSeconds: self.sessionIdleTimeout)
+    }
 
     static let topLevelKeys: Set<String> = Set([
         "relay", "id", "secret", "secretFile", "secretCredential", "control", "services", "heartbeatIntervalSeconds",
@@ -68,6 +78,7 @@ public struct AgentConfig: Sendable, DaemonSettings {
         "reconnectMaxDelaySeconds", "drainTimeoutSeconds", "metrics",
     ])
     .union(ConfigReader.tcpTuningKeys).union(["halfCloseTimeoutSeconds", "removedServiceSessions", "dataPlane", "tls"])
+    .union(["maxSessions", "sessionIdleTimeoutSeconds"])
 
     /// Reads and validates the file at `path`; the error lists every problem with its JSON path.
     public static func load(path: String) throws(ConfigError) -> AgentConfig {
@@ -122,6 +133,9 @@ public struct AgentConfig: Sendable, DaemonSettings {
         let removedRule = reader.removedServiceRule(root)
         let halfClose = reader.halfCloseTimeout(root)
         let dataPlane = reader.dataPlane(root)
+        let maxSessions = reader.count(
+            root, "maxSessions", at: "$", default: Self.defaultMaxSessions, range: 1...1_000_000)
+        let idle = reader.sessionIdleTimeout(root)
         let tls = reader.agentTLS(root, relayHost: relay?.host)
 
         guard let relay, let id, let secret, reader.problems.isEmpty else { return nil }
@@ -142,6 +156,8 @@ public struct AgentConfig: Sendable, DaemonSettings {
             halfCloseTimeout: halfClose,
             removedServiceSessions: removedRule,
             dataPlane: dataPlane,
+            maxSessions: maxSessions,
+            sessionIdleTimeout: idle,
             tls: tls
         )
     }

@@ -44,14 +44,18 @@ public final class AgentServer: Service, Sendable {
         dataPlane: (any DataPlane)? = nil,
         hooks: DaemonHooks = DaemonHooks()
     ) {
-        self.state = AgentState(config: config)
         self.life = DaemonLife(daemon: "relay-agent", configPath: configPath, hooks: hooks, logger: logger)
+        self.state = AgentState(config: config, limits: self.life.limits)
         self.group = group
         self.logger = logger
         self.dataPlane = dataPlane
         self.hooks = hooks
         (self.requests, self.requestInput) = AsyncStream.makeStream()
     }
+
+    /// Every limit's maximum and hits (`status`'s `limits`), shared with the control socket
+    /// and the metrics endpoint.
+    public var limits: LimitCounters { self.life.limits }
 
     public func run() async throws {
         let config = self.state.config

@@ -170,14 +170,30 @@ final class AgentState: Sendable {
     private let store: Mutex<Store>
     /// Per-service counters and metrics.
     let telemetry = DaemonTelemetry(role: "agent")
+    /// Every limit's maximum and hits, and their rate-limited log lines.
+    let limits: LimitCounters
 
-    init(config: AgentConfig) {
+    init(config: AgentConfig, limits: LimitCounters = LimitCounters()) {
         self.store = Mutex(Store(config: config))
+        self.limits = limits
+        limits.observe(self.telemetry.limitHit)
+        Self.declareLimits(of: config, in: limits)
+        self.telemetry.declareLimits(limits.names)
     }
 
     var config: AgentConfig {
         get { self.store.withLock { $0.config } }
-        set { self.store.withLock { $0.config = newValue } }
+        set {
+            self.store.withLock { $0.config = newValue }
+            Self.declareLimits(of: newValue, in: self.limits)
+        }
+    }
+
+    /// The agent's limits by name (the config key), with their maxima.
+    static func declareLimits(of config: AgentConfig, in limits: LimitCounters) {
+        limits.declare([
+            ("maxSessions", Double(config.maxSessions)), ("sessionIdleTimeoutSeconds", config.sessionIdleTimeout),
+        ])
     }
 
     /// The live control channel, if any.
@@ -234,6 +250,15 @@ final class AgentState: Sendable {
 
     func add(_ session: AgentSession) {
         self.store.withLock { $0.sessions[session.id] = session }
+    }
+
+    /// Records `session` unless `maxSessions` are live already; false then.
+    func addWithinLimit(_ session: AgentSession) -> Bool {
+        self.store.withLock { store in
+            guard store.sessions.count < store.config.maxSessions else { return false }
+            store.sessions[session.id] = session
+            return true
+        }
     }
 
     func remove(_ session: AgentSession) {

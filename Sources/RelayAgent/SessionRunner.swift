@@ -27,8 +27,19 @@ struct SessionRunner {
         let session = AgentSession(
             id: connect.session, service: service.name, client: connect.client, target: "\(service.target)",
             telemetry: self.state.telemetry.service(service.name), halfCloseTimeout: config.halfCloseTimeout)
+        // maxSessions: refused before the target is dialled, so a flood of clients costs the
+        // internal network nothing.
+        guard self.state.addWithinLimit(session) else {
+            session.telemetry.sessionRefused(reason: "limit")
+            self.state.limits.hit(
+                "maxSessions", logger: logger, "connect refused: maxSessions (\(config.maxSessions)) reached",
+                metadata: ["service": "\(service.name)"])
+            control.refuse(
+                session: connect.session, code: .targetUnreachable,
+                message: "the agent already runs its maxSessions (\(config.maxSessions)) sessions")
+            return
+        }
         session.telemetry.sessionOpened()
-        self.state.add(session)
         defer { self.state.remove(session) }
         logger.info(
             "session open",
@@ -71,6 +82,11 @@ struct SessionRunner {
             handle(.finPassedOn(.first))
             handle(.finPassedOn(.second))
         case .failed(let endpoint, let why):
+            if why.contains("sessionIdleTimeoutSeconds") {
+                self.state.limits.hit(
+                    "sessionIdleTimeoutSeconds", logger: logger, "session closed: idle for sessionIdleTimeoutSeconds",
+                    metadata: ["service": "\(service.name)"])
+            }
             handle(.failed(endpoint == .first ? .first : .second, why))
         }
     }

@@ -30,6 +30,8 @@ public struct StatusReport: Sendable, Codable, Equatable {
     public var sessionsPending: Int
     /// The services, configured ones first.
     public var services: [ServiceReport]
+    /// Every limit the daemon enforces, by name: its maximum and how often it was hit.
+    public var limits: [String: LimitReport]?
 
     /// Proxy: the agent port's address.
     public var listen: String?
@@ -223,4 +225,18 @@ public struct MetricsReport: Sendable, Codable, Equatable {
 
     /// Creates the report.
     public init(text: String) { self.text = text }
+}
+
+/// One limit in `status`'s `limits` object: the maximum in force and how often it was hit.
+public struct LimitReport: Sendable, Codable, Equatable {
+    /// The maximum in force (a count, or seconds for a time limit).
+    public var max: Double?
+    /// How often the limit was hit since the daemon started.
+    public var hits: Int
+
+    /// Creates the report.
+    public init(max: Double?, hits: Int) {
+        self.max = max
+        self.hits = hits
+    }
 }

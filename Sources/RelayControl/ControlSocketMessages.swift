@@ -144,8 +144,14 @@ public enum ControlSocketLimits {
     /// The longest request line accepted, its newline included; a longer one is answered
     /// with `line_too_long` and the connection is closed.
     public static let maxRequestBytes = 64 * 1024
-    /// The most control connections served at once; more are closed at once.
+    /// The most control connections served at once; more are closed at once. The last
+    /// ``reservedForOperator`` of them only root and the daemon's own user may take.
     public static let maxConnections = 64
+    /// Connections only root (and the daemon's own user) may open: however many idle
+    /// connections other members of the socket's group hold, `relayctl` as root gets in.
+    public static let reservedForOperator = 8
+    /// The most control connections one user (other than root and the daemon's user) may hold.
+    public static let maxConnectionsPerUser = 16
     /// How long a control connection may stay idle before the daemon closes it.
     public static let idleTimeout = Duration.seconds(60)
     /// The longest response a client accepts (a status of many sessions is large).

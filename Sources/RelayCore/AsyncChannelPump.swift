@@ -38,8 +38,8 @@ public struct AsyncChannelPump: SessionPump {
         await withTaskGroup(of: PumpOutcome?.self) { group in
             group.addTask { await Self.copy(from: first, to: second, forward: true, meter: meter, failure: failure) }
             group.addTask { await Self.copy(from: second, to: first, forward: false, meter: meter, failure: failure) }
-            if let timeout = limits.halfCloseTimeout {
-                group.addTask { await Self.watchHalfClose(meter, timeout: timeout) }
+            if limits.halfCloseTimeout != nil || limits.idleTimeout != nil {
+                group.addTask { await Self.watchIdle(meter, limits: limits) }
             }
             var directionsDone = 0
             for await result in group {
@@ -51,13 +51,21 @@ public struct AsyncChannelPump: SessionPump {
         return failure.outcome ?? .finished
     }
 
-    /// Returns a failure once one direction has ended and no byte has moved either way for
-    /// `timeout` since; nil when cancelled (both directions ended first). Never early; late
-    /// by at most one tick.
-    private static func watchHalfClose(_ meter: TrafficMeter, timeout: Duration) async -> PumpOutcome? {
-        let tick = min(PumpLimits.longestHalfCloseTick, timeout / 4)
+    /// Returns a failure once no byte has moved either way for the idle timeout, or, after
+    /// one direction has ended, for the half-close timeout; nil when cancelled (both
+    /// directions ended first). Never early; late by at most one tick.
+    private static func watchIdle(_ meter: TrafficMeter, limits: PumpLimits) async -> PumpOutcome? {
+        let shortest = [limits.halfCloseTimeout, limits.idleTimeout].compactMap { $0 }.min() ?? .seconds(1)
+        let tick = min(PumpLimits.longestHalfCloseTick, shortest / 4)
         while (try? await Task.sleep(for: tick)) != nil {
-            guard meter.forwardFinished != meter.backwardFinished, meter.idleFor >= timeout else { continue }
+            let idleFor = meter.idleFor
+            if let timeout = limits.idleTimeout, idleFor >= timeout {
+                let seconds = String(cFormat: "%g", timeout.inSeconds)
+                return .failed(endpoint: .first, reason: "idle for \(seconds)s (sessionIdleTimeoutSeconds)")
+            }
+            guard let timeout = limits.halfCloseTimeout, meter.forwardFinished != meter.backwardFinished,
+                idleFor >= timeout
+            else { continue }
             let idle: PumpOutcome.Endpoint = meter.forwardFinished ? .second : .first
             let seconds = String(cFormat: "%g", timeout.inSeconds)
             return .failed(endpoint: idle, reason: "half-closed and idle for \(seconds)s")

@@ -33,6 +33,8 @@ public final class DaemonLife: Sendable {
     public let startedAt = Date()
     /// When the config in force was loaded.
     public let loadedAt = Mutex(Date())
+    /// Every limit the daemon enforces: maxima, hits, rate-limited logging (`status`'s `limits`).
+    public let limits = LimitCounters()
     private let hooks: DaemonHooks
     private let logger: Logger
     private let reloads: ReloadCoordinator

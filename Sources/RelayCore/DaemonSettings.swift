@@ -7,6 +7,8 @@ public protocol DaemonSettings {
     var drainTimeout: Double { get }
     /// `halfCloseTimeoutSeconds`.
     var halfCloseTimeout: Double { get }
+    /// `sessionIdleTimeoutSeconds`.
+    var sessionIdleTimeout: Double { get }
     /// `tcpKeepaliveSeconds`, `tcpUserTimeoutSeconds`, `dataUserTimeoutSeconds`.
     var tcp: TCPTuning { get }
     /// `removedServiceSessions`.
@@ -27,6 +29,7 @@ extension DaemonSettings {
         let shared: [(key: String, old: Double, new: Double)] = [
             ("drainTimeoutSeconds", old.drainTimeout, self.drainTimeout),
             ("halfCloseTimeoutSeconds", old.halfCloseTimeout, self.halfCloseTimeout),
+            ("sessionIdleTimeoutSeconds", old.sessionIdleTimeout, self.sessionIdleTimeout),
             ("tcpKeepaliveSeconds", old.tcp.keepalive, self.tcp.keepalive),
             ("tcpUserTimeoutSeconds", old.tcp.userTimeout, self.tcp.userTimeout),
             ("dataUserTimeoutSeconds", old.tcp.dataUserTimeout, self.tcp.dataUserTimeout),
@@ -39,6 +42,7 @@ extension DaemonSettings {
             changes.append("metrics stays \(old.metrics.map { "\($0)" } ?? "off") until a restart")
             self.metrics = old.metrics
         }
+        if let warning = self.metrics?.metricsExposureWarning { changes.append("warning: \(warning)") }
         if self.dataPlane != old.dataPlane {
             changes.append("dataPlane stays \(old.dataPlane.rawValue) until a restart")
             self.dataPlane = old.dataPlane

@@ -43,9 +43,20 @@ public struct PumpLimits: Sendable, Equatable {
     /// after a half-close cannot hold a session forever. Nil: no limit.
     public var halfCloseTimeout: Duration?
 
-    /// Limits with the given half-close timeout in seconds (0: no limit).
-    public init(halfCloseTimeoutSeconds: Double = Self.defaultHalfCloseTimeout) {
+    /// Default `sessionIdleTimeoutSeconds`: an hour. Long enough for an interactive session
+    /// (SSH with its keepalives off, a database console) left alone over a meeting; short
+    /// enough that connections a client opened and abandoned (or opened to hold a target's
+    /// connection slots) do not pile up for days. 0 turns the limit off.
+    public static let defaultSessionIdleTimeout = 3600.0
+
+    /// The session is reset when no byte moved either way for this long, whether or not a
+    /// direction has ended. Nil: no limit.
+    public var idleTimeout: Duration?
+
+    /// Limits with the given half-close and idle timeouts in seconds (0: no limit).
+    public init(halfCloseTimeoutSeconds: Double = Self.defaultHalfCloseTimeout, idleTimeoutSeconds: Double = 0) {
         self.halfCloseTimeout = halfCloseTimeoutSeconds > 0 ? .seconds(halfCloseTimeoutSeconds) : nil
+        self.idleTimeout = idleTimeoutSeconds > 0 ? .seconds(idleTimeoutSeconds) : nil
     }
 }
 

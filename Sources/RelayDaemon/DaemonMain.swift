@@ -41,15 +41,18 @@ public struct DaemonParts {
     public var handler: ControlSocketServer.Handler
     /// The metrics text.
     public var renderMetrics: @Sendable () -> String
+    /// The daemon's limit counters, which the control socket and metrics endpoint count in too.
+    public var limits: LimitCounters
 
     /// The parts of a daemon.
     public init(
         server: any Service, handler: @escaping ControlSocketServer.Handler,
-        renderMetrics: @escaping @Sendable () -> String
+        renderMetrics: @escaping @Sendable () -> String, limits: LimitCounters = LimitCounters()
     ) {
         self.server = server
         self.handler = handler
         self.renderMetrics = renderMetrics
+        self.limits = limits
     }
 }
 
@@ -110,7 +113,7 @@ public struct DaemonOptions<Daemon: DaemonDefinition>: ParsableArguments {
             // The control socket (and the metrics endpoint) are up before the server reports readiness.
             let services = try await DaemonSupport.bindControlServices(
                 control: Daemon.control(config), metrics: Daemon.metrics(config), logger: logger,
-                handler: parts.handler, renderMetrics: parts.renderMetrics)
+                limits: parts.limits, handler: parts.handler, renderMetrics: parts.renderMetrics)
             var quiet = logger
             quiet.logLevel = .warning
             try await ServiceGroup(

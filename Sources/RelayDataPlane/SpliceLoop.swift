@@ -59,7 +59,8 @@ final class SpliceLoop: @unchecked Sendable {
     /// Sessions with a direction that could get no pipe: serviced again once a pipe is back
     /// in the pool or the pool's retry pause is over.
     private var waiting: [UInt64: SplicePair] = [:]
-    private var halfClosed: Set<UInt64> = []
+    /// Sessions with an idle clock running (an idle timeout, or half-closed with a half-close timeout).
+    private var timed: Set<UInt64> = []
     /// When a half-closed session next needs a look (monotonic nanoseconds; .max: none).
     private var nextTimerCheck = UInt64.max
     private var due: [SplicePair] = []
@@ -188,6 +189,12 @@ final class SpliceLoop: @unchecked Sendable {
             session: start.session, limits: start.limits)
         self.pairs[pair.id] = pair
         self.liveSessions.add(1, ordering: .relaxed)
+        if let idle = pair.idleNanoseconds {
+            let now = MonotonicClock.now()
+            pair.lastActivity = now
+            self.timed.insert(pair.id)
+            self.nextTimerCheck = min(self.nextTimerCheck, now + idle)
+        }
         // Try first, watch after: EPOLL_CTL_ADD reports a socket that is already ready, so
         // nothing that happens in between is missed, and the usual first attempt (nothing to
         // read yet) tells the level-triggered mode what to wait for.
@@ -224,12 +231,11 @@ final class SpliceLoop: @unchecked Sendable {
             } else if !self.waiting.isEmpty {
                 self.waiting.removeValue(forKey: pair.id)
             }
-            if turn != .idle && pair.isHalfClosed, let timeout = pair.halfCloseNanoseconds {
+            if turn != .idle, let timeout = pair.allowedIdleNanoseconds {
                 let now = MonotonicClock.now()
                 pair.lastActivity = now
-                if self.halfClosed.insert(pair.id).inserted {
-                    self.nextTimerCheck = min(self.nextTimerCheck, now + timeout)
-                }
+                self.timed.insert(pair.id)
+                self.nextTimerCheck = min(self.nextTimerCheck, now + timeout)
             }
             if self.trigger == .level && pair.watched {
                 let first = pair.interest(of: .first)
@@ -268,7 +274,7 @@ final class SpliceLoop: @unchecked Sendable {
     private func end(_ pair: SplicePair, _ outcome: SpliceOutcome, reset: Bool) {
         guard self.pairs.removeValue(forKey: pair.id) != nil else { return }
         pair.ended = true
-        self.halfClosed.remove(pair.id)
+        self.timed.remove(pair.id)
         self.waiting.removeValue(forKey: pair.id)
         for socket in [pair.first, pair.second] {
             if pair.watched {
@@ -313,8 +319,8 @@ final class SpliceLoop: @unchecked Sendable {
         guard now >= self.nextTimerCheck else { return }
         var next = UInt64.max
         var expired: [SplicePair] = []
-        for id in self.halfClosed {
-            guard let pair = self.pairs[id], let timeout = pair.halfCloseNanoseconds else { continue }
+        for id in self.timed {
+            guard let pair = self.pairs[id], let timeout = pair.allowedIdleNanoseconds else { continue }
             let deadline = pair.lastActivity + timeout
             if now >= deadline {
                 expired.append(pair)
@@ -324,8 +330,13 @@ final class SpliceLoop: @unchecked Sendable {
         }
         self.nextTimerCheck = next
         for pair in expired {
-            let idle: SpliceSide = pair.forward.finished ? .second : .first
-            self.end(pair, .halfCloseTimeout(idle: idle, after: pair.limits.halfCloseTimeout ?? .zero), reset: true)
+            let halfClose = pair.isHalfClosed ? pair.halfCloseNanoseconds : nil
+            if let halfClose, halfClose <= (pair.idleNanoseconds ?? .max) {
+                let idle: SpliceSide = pair.forward.finished ? .second : .first
+                self.end(pair, .halfCloseTimeout(idle: idle, after: pair.limits.halfCloseTimeout ?? .zero), reset: true)
+            } else {
+                self.end(pair, .idleTimeout(after: pair.limits.idleTimeout ?? .zero), reset: true)
+            }
         }
     }
 

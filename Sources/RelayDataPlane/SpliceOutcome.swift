@@ -24,6 +24,8 @@ public enum SpliceOutcome: Sendable, Equatable, CustomStringConvertible {
     /// (``SpliceLimits/halfCloseTimeout``): `idle` is the side that never sent its FIN.
     /// Both sockets were reset.
     case halfCloseTimeout(idle: SpliceSide, after: Duration)
+    /// Nothing moved either way for `after` (``SpliceLimits/idleTimeout``); both sockets were reset.
+    case idleTimeout(after: Duration)
     /// Ended here, by neither peer: ``SpliceSession/kill(reason:)``, the plane shutting
     /// down, or a session that could not start (its sockets could not be made
     /// nonblocking). Both sockets were reset. (A session that gets no pipe is not ended:
@@ -33,7 +35,7 @@ public enum SpliceOutcome: Sendable, Equatable, CustomStringConvertible {
     /// The socket the failure is blamed on, if one is.
     public var side: SpliceSide? {
         switch self {
-        case .finished, .aborted: nil
+        case .finished, .aborted, .idleTimeout: nil
         case .failed(let side, _): side
         case .halfCloseTimeout(let idle, _): idle
         }
@@ -46,6 +48,7 @@ public enum SpliceOutcome: Sendable, Equatable, CustomStringConvertible {
         case .finished: "finished"
         case .failed(_, let reason): reason
         case .halfCloseTimeout(_, let after): "half-closed and idle for \(Self.seconds(after))s"
+        case .idleTimeout(let after): "idle for \(Self.seconds(after))s (sessionIdleTimeoutSeconds)"
         case .aborted(let reason): reason
         }
     }
@@ -55,6 +58,7 @@ public enum SpliceOutcome: Sendable, Equatable, CustomStringConvertible {
         case .finished: "finished"
         case .failed(let side, let reason): "failed at the \(side) socket: \(reason)"
         case .halfCloseTimeout(let idle, _): "\(self.reason) (the \(idle) socket stayed open)"
+        case .idleTimeout: self.reason
         case .aborted(let reason): "aborted: \(reason)"
         }
     }

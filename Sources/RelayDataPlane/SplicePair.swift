@@ -17,9 +17,12 @@ final class SplicePair {
     let limits: SpliceLimits
     /// ``SpliceLimits/halfCloseTimeout`` in nanoseconds.
     let halfCloseNanoseconds: UInt64?
+    /// ``SpliceLimits/idleTimeout`` in nanoseconds.
+    let idleNanoseconds: UInt64?
 
     /// When a byte last moved or a direction last ended, in monotonic nanoseconds; kept
-    /// only once one direction has ended (before that, the FIN itself is the later event).
+    /// from the start with an idle timeout, else only once one direction has ended (before
+    /// that, the FIN itself is the later event).
     var lastActivity: UInt64 = 0
     /// EPOLLERR came for the first or the second socket: look at SO_ERROR before moving bytes.
     var errorOnFirst = false
@@ -47,9 +50,23 @@ final class SplicePair {
         self.meter = meter
         self.session = session
         self.limits = limits
-        self.halfCloseNanoseconds = limits.halfCloseTimeout.map { duration in
+        func nanoseconds(_ duration: Duration) -> UInt64 {
             let (seconds, attoseconds) = duration.components
             return UInt64(max(0, seconds)) * 1_000_000_000 + UInt64(max(0, attoseconds) / 1_000_000_000)
+        }
+        self.halfCloseNanoseconds = limits.halfCloseTimeout.map(nanoseconds)
+        self.idleNanoseconds = limits.idleTimeout.map(nanoseconds)
+    }
+
+    /// The idle time allowed now: the idle timeout, or, half-closed, the shorter of it and
+    /// the half-close timeout; nil when neither applies.
+    var allowedIdleNanoseconds: UInt64? {
+        let halfClose = self.isHalfClosed ? self.halfCloseNanoseconds : nil
+        switch (halfClose, self.idleNanoseconds) {
+        case (let a?, let b?): return min(a, b)
+        case (let a?, nil): return a
+        case (nil, let b?): return b
+        case (nil, nil): return nil
         }
     }
 

@@ -46,7 +46,7 @@ public struct DaemonCommands<Session: ControlledSession>: Sendable {
         isPending: (Session) -> Bool
     ) -> StatusReport {
         let sessions = self.liveSessions()
-        return StatusReport(
+        var report = StatusReport(
             role: role,
             pid: Int(getpid()),
             startedAt: self.life.startedAt,
@@ -59,6 +59,8 @@ public struct DaemonCommands<Session: ControlledSession>: Sendable {
             sessionsPending: sessions.filter(isPending).count,
             services: services
         )
+        report.limits = self.life.limits.report
+        return report
     }
 
     /// The metrics text (the daemon brings its gauges up to date first).

@@ -11,13 +11,15 @@ extension DaemonSupport {
         control: String,
         metrics: HostPort?,
         logger: Logger,
+        limits: LimitCounters = LimitCounters(),
         handler: @escaping ControlSocketServer.Handler,
         renderMetrics: @escaping @Sendable () -> String
     ) async throws -> [any Service] {
-        let socket = try await ControlSocketServer.bind(path: control, logger: logger, handler: handler)
+        let socket = try await ControlSocketServer.bind(path: control, logger: logger, limits: limits, handler: handler)
         guard let metrics else { return [socket] }
         do {
-            let endpoint = try await MetricsHTTPServer.bind(metrics, logger: logger, render: renderMetrics)
+            let endpoint = try await MetricsHTTPServer.bind(
+                metrics, logger: logger, limits: limits, render: renderMetrics)
             return [socket, endpoint]
         } catch {
             socket.close()

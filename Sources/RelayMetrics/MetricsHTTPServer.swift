@@ -4,6 +4,7 @@ import NIOHTTP1
 import NIOPosix
 import RelayCore
 import ServiceLifecycle
+import Synchronization
 
 /// Serves the Prometheus text at `GET /metrics` over plain HTTP/1.1 for a scraper (the
 /// optional `metrics` config key). Anything else is answered 404 (or 405 for other methods).
@@ -20,22 +21,45 @@ public final class MetricsHTTPServer: Service, Sendable {
         self.address = channel.localAddress?.displayString ?? "?"
     }
 
-    /// Binds `address`; `render` produces the exposition text for each scrape.
+    /// Binds `address`; `render` produces the exposition text for each scrape. Connections
+    /// past ``MetricsLimits/maxConnections`` are closed at once, idle ones after
+    /// ``MetricsLimits/idleTimeout``, and a client that does not read its responses is not
+    /// read from either (each hit counted in `limits`); a non-loopback address is warned about.
     public static func bind(
         _ address: HostPort,
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         logger: Logger,
+        limits: LimitCounters = LimitCounters(),
         render: @escaping @Sendable () -> String
     ) async throws -> MetricsHTTPServer {
         let channel: any Channel
+        let open = Atomic<Int>(0)
+        limits.declare([
+            (MetricsLimits.connectionsName, Double(MetricsLimits.maxConnections)),
+            (MetricsLimits.idleTimeoutName, MetricsLimits.idleTimeout.inSeconds),
+        ])
         do {
             channel = try await ServerBootstrap(group: group)
                 .serverChannelOption(.backlog, value: 64)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .childChannelInitializer { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.configureHTTPServerPipeline()
-                        try channel.pipeline.syncOperations.addHandler(MetricsHTTPHandler(render: render))
+                    if open.add(1, ordering: .relaxed).newValue > MetricsLimits.maxConnections {
+                        open.subtract(1, ordering: .relaxed)
+                        limits.hit(
+                            MetricsLimits.connectionsName, logger: logger,
+                            "metrics connection refused: \(MetricsLimits.maxConnections) are open")
+                        return channel.close()
+                    }
+                    channel.closeFuture.whenComplete { _ in open.subtract(1, ordering: .relaxed) }
+                    return channel.eventLoop.makeCompletedFuture {
+                        let sync = channel.pipeline.syncOperations
+                        try sync.addHandler(ReadOnlyWhenWritable())
+                        try sync.addHandler(
+                            IdleStateHandler(allTimeout: .nanoseconds(Int64(MetricsLimits.idleTimeout.inSeconds * 1e9)))
+                        )
+                        try sync.addHandler(CloseWhenIdle(limits: limits, logger: logger))
+                        try sync.configureHTTPServerPipeline()
+                        try sync.addHandler(MetricsHTTPHandler(render: render))
                     }
                 }
                 .bind(to: try address.resolve()).get()
@@ -44,6 +68,7 @@ public final class MetricsHTTPServer: Service, Sendable {
         }
         let server = MetricsHTTPServer(channel: channel)
         logger.info("metrics listening", metadata: ["address": "\(server.address)", "path": "\(Self.path)"])
+        if let warning = address.metricsExposureWarning { logger.warning("\(warning)") }
         return server
     }
 
@@ -62,13 +87,78 @@ public final class MetricsHTTPServer: Service, Sendable {
     }
 }
 
-/// One HTTP connection of the metrics endpoint.
+/// The metrics endpoint's limits (named constants: the endpoint is for one scraper).
+public enum MetricsLimits {
+    /// The most connections open at once; more are closed as they are accepted.
+    public static let maxConnections = 16
+    /// A connection with no read or write for this long is closed.
+    public static let idleTimeout = Duration.seconds(30)
+    /// The most requests read but not yet answered on one connection (pipelined while the
+    /// client reads no response); past it the connection is closed.
+    public static let maxQueuedRequests = 1024
+    /// The limits' names in `status` and metrics.
+    public static let connectionsName = "metricsMaxConnections"
+    public static let idleTimeoutName = "metricsIdleTimeoutSeconds"
+    public static let queuedRequestsName = "metricsMaxQueuedRequests"
+}
+
+/// Backpressure: holds the next read from the socket while the channel is not writable (the
+/// client does not read its responses), so pipelined requests stay in the client's socket
+/// instead of becoming responses in memory.
+private final class ReadOnlyWhenWritable: ChannelDuplexHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    private var readHeld = false
+
+    func read(context: ChannelHandlerContext) {
+        if context.channel.isWritable {
+            context.read()
+        } else {
+            self.readHeld = true
+        }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable && self.readHeld {
+            self.readHeld = false
+            context.read()
+        }
+        context.fireChannelWritabilityChanged()
+    }
+}
+
+/// Closes a connection on the idle event of its `IdleStateHandler`.
+private final class CloseWhenIdle: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    private let limits: LimitCounters
+    private let logger: Logger
+
+    init(limits: LimitCounters, logger: Logger) {
+        self.limits = limits
+        self.logger = logger
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is IdleStateHandler.IdleStateEvent {
+            self.limits.hit(
+                MetricsLimits.idleTimeoutName, logger: self.logger,
+                "metrics connection closed: idle for \(Int(MetricsLimits.idleTimeout.inSeconds))s")
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+}
+
+/// One HTTP connection of the metrics endpoint. Requests are answered in order, each only
+/// while the channel is writable: the others wait (as heads) until the client reads.
 private final class MetricsHTTPHandler: ChannelInboundHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
 
     private let render: @Sendable () -> String
     private var head: HTTPRequestHead?
+    private var queued: [HTTPRequestHead] = []
 
     init(render: @escaping @Sendable () -> String) {
         self.render = render
@@ -83,7 +173,23 @@ private final class MetricsHTTPHandler: ChannelInboundHandler {
         case .end:
             guard let head = self.head else { return }
             self.head = nil
-            self.respond(to: head, context: context)
+            guard self.queued.count < MetricsLimits.maxQueuedRequests else {
+                context.close(promise: nil)
+                return
+            }
+            self.queued.append(head)
+            self.answerQueued(context: context)
+        }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        self.answerQueued(context: context)
+        context.fireChannelWritabilityChanged()
+    }
+
+    private func answerQueued(context: ChannelHandlerContext) {
+        while context.channel.isWritable && context.channel.isActive && !self.queued.isEmpty {
+            self.respond(to: self.queued.removeFirst(), context: context)
         }
     }
 

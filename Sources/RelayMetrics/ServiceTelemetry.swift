@@ -103,6 +103,18 @@ public final class DaemonTelemetry: Sendable {
         Counter(label: MetricNames.agentDisconnects, dimensions: [("role", self.role), ("agent", agent)]).increment()
     }
 
+    /// Counts a hit of limit `name` in `relay_limit_hits_total` (``LimitCounters/observe(_:)``).
+    @Sendable public func limitHit(_ name: String) {
+        Counter(label: MetricNames.limitHits, dimensions: [("role", self.role), ("limit", name)]).increment()
+    }
+
+    /// Makes `relay_limit_hits_total` show every limit in `names`, at 0 until it is hit.
+    public func declareLimits(_ names: [String]) {
+        for name in names {
+            _ = Counter(label: MetricNames.limitHits, dimensions: [("role", self.role), ("limit", name)])
+        }
+    }
+
     /// Sets the gauges from the daemon's state: live sessions per service (services not
     /// listed are set to 0), heartbeat round trips per agent, and connected agents.
     public func refresh(liveSessions: [String: Int], roundTrips: [String: Duration], agentsConnected: Int?) {
@@ -159,4 +171,6 @@ public enum MetricNames {
     public static let heartbeatRoundTrip = "relay_heartbeat_round_trip_seconds"
     /// Counter {role, outcome}: reloads, `applied` or `refused`.
     public static let reloads = "relay_reloads_total"
+    /// Counter {role, limit}: times a limit was hit (a connection refused or closed by it).
+    public static let limitHits = "relay_limit_hits_total"
 }

@@ -18,6 +18,10 @@ struct AgentPort {
     /// until it is handed to its session.
     func handle(_ socket: OwnedSocket) async {
         if let tls = self.state.config.tls { return await self.handle(socket, tls: tls) }
+        // Limits first, before a byte is read: the connections not yet authenticated
+        // (AgentPortLimits.swift). (TLS connections: not yet.)
+        guard let slot = self.admit(socket) else { return socket.close() }
+        defer { slot.release() }
         let timeout = self.state.config.handshakeTimeout
         let deadline = ContinuousClock.now + .seconds(timeout)
         var logger = self.logger
@@ -41,8 +45,10 @@ struct AgentPort {
             return socket.reset()
         }
         switch first {
-        case .hello:
-            await self.control(socket, hello: first, buffered: reader.takeRemainder(), until: deadline, logger: logger)
+        case .hello(let hello):
+            guard self.admit(hello, from: socket, logger: logger) else { return socket.close() }
+            await self.control(
+                socket, hello: first, buffered: reader.takeRemainder(), until: deadline, logger: logger, slot: slot)
         case .attach(let attach):
             await self.attach(attach, socket: socket, reader: &reader, until: deadline, logger: logger)
         default:
@@ -57,7 +63,7 @@ struct AgentPort {
     /// past its `hello` line read first, and the rest of the handshake timeout.
     private func control(
         _ socket: OwnedSocket, hello: ControlMessage, buffered: [UInt8], until deadline: ContinuousClock.Instant,
-        logger: Logger
+        logger: Logger, slot: ConnectionSlots.Slot
     ) async {
         if let descriptor = socket.descriptor { try? self.state.config.tcp.applyControl(to: descriptor) }
         let remote = socket.remote
@@ -70,7 +76,8 @@ struct AgentPort {
                     channel.close(promise: nil)
                 }
                 let control = ProxyControlChannel(
-                    state: self.state, logger: self.logger, channel: channel, remote: remote, deadline: handshake)
+                    state: self.state, logger: self.logger, channel: channel, remote: remote, deadline: handshake,
+                    slot: slot)
                 await control.run(hello: hello, reader: InboundReader(inbound, buffered: buffered), outbound: outbound)
             }
         } catch {

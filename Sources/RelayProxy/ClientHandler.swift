@@ -9,11 +9,23 @@ struct ClientHandler {
     let state: ProxyState
     let dataPlane: any DataPlane
     let logger: Logger
+    let limits: LimitCounters
 
     /// Handles the connection until the session ends; the client is closed on every path.
     func handle(_ socket: OwnedSocket, service: String) async {
         let client = socket.remote
         var logger = self.logger
+        // The service's allow and deny lists, before anything else: a refused client costs
+        // the agent nothing.
+        let rules = self.state.config.service(named: service)?.access ?? AccessRules()
+        if !rules.isEmpty, let why = Self.refusal(rules.decide(endpoint: client)) {
+            self.state.telemetry.service(service).sessionRefused(reason: "access")
+            self.limits.hit(
+                LimitName.serviceAccess, source: IPAddress(endpoint: client)?.description ?? client, logger: logger,
+                "client refused: \(why)", metadata: ["service": "\(service)", "client": "\(client)"])
+            socket.close()
+            return
+        }
         // S6: the service must have a connected agent; otherwise close at once.
         guard let link = self.state.agent(serving: service) else {
             self.state.telemetry.service(service).sessionRefused(reason: "no_agent")
@@ -24,9 +36,21 @@ struct ClientHandler {
             socket.close()
             return
         }
-        let session = self.state.openSession(
+        let session: ProxySession
+        switch self.state.openSessionWithinLimits(
             service: service, agent: link.id, client: client, clientSocket: socket,
             attachSecret: link.provedSecret ?? Authenticator.dummySecret, dataPlane: self.dataPlane)
+        {
+        case .success(let opened):
+            session = opened
+        case .failure(let hit):
+            self.state.telemetry.service(service).sessionRefused(reason: "limit")
+            self.limits.hit(
+                hit.name, logger: logger, "client refused: \(hit.name) (\(hit.max)) reached",
+                metadata: ["service": "\(service)", "client": "\(client)", "agent": "\(link.id)"])
+            socket.close()
+            return
+        }
         defer { self.state.removeSession(session) }
         logger[metadataKey: "session"] = "\(session.id)"
         logger.info("session open", metadata: ["service": "\(service)", "client": "\(client)", "agent": "\(link.id)"])
@@ -68,5 +92,19 @@ struct ClientHandler {
         session.handle(.connectionsClosed)
         let reason = session.end?.description ?? "closed"
         logger.sessionClosed(meter: session.meter, started: session.started, reason: reason)
+        if reason.contains("sessionIdleTimeoutSeconds") {
+            self.limits.hit(
+                LimitName.sessionIdleTimeout, logger: logger, "session closed: idle for sessionIdleTimeoutSeconds",
+                metadata: ["service": "\(service)"])
+        }
+    }
+
+    /// Why the access rules refuse a client, or nil when they admit it.
+    static func refusal(_ decision: AccessRules.Decision) -> String? {
+        switch decision {
+        case .admitted: nil
+        case .denied(let rule): "denied by \(rule)"
+        case .notAllowed: "not in the service's allow list"
+        }
     }
 }

@@ -20,6 +20,8 @@ public struct ProxyConfig: Sendable, DaemonSettings {
         public var agent: String
         /// Where its clients connect.
         public var listen: HostPort
+        /// Which clients may connect (`allow`, `deny`); see ``AccessRules``.
+        public var access = AccessRules()
     }
 
     /// The default config file.
@@ -69,12 +71,19 @@ public struct ProxyConfig: Sendable, DaemonSettings {
     /// read at start, kept until a restart.
     public var dataPlane = DataPlaneKind.default
 
+    /// The limits on what peers may hold (`max…` keys).
+    public var limits = ProxyLimits()
+    /// How long a session may move no byte either way (`sessionIdleTimeoutSeconds`, default
+    /// 3600; 0: no limit).
+    public var sessionIdleTimeout = PumpLimits.defaultSessionIdleTimeout
     /// TLS 1.3 on the agent port (`tls`: the relay's certificate and key, and `clientCA` for
     /// mutual TLS); nil: plaintext. A reload re-reads its files for the connections after it.
     public var tls: ProxyTLS? = nil
 
     /// The limits a session opened now runs with.
-    public var pumpLimits: PumpLimits { PumpLimits(halfCloseTimeoutSeconds: self.halfCloseTimeout) }
+    public var pumpLimits: PumpLimits {
+        PumpLimits(halfCloseTimeoutSeconds: self.halfCloseTimeout, idleTimeoutSeconds: self.sessionIdleTimeout)
+    }
 
     /// The keys allowed at the top level.
     static let topLevelKeys: Set<String> = Set([
@@ -83,7 +92,7 @@ public struct ProxyConfig: Sendable, DaemonSettings {
     ])
     .union(ConfigReader.tcpTuningKeys).union([
         "halfCloseTimeoutSeconds", "removedServiceSessions", "secretRotationGraceSeconds", "dataPlane", "tls",
-    ])
+    ]).union(ProxyLimits.keys)
 
     /// Reads and validates the file at `path`; the error lists every problem with its JSON path.
     public static func load(path: String) throws(ConfigError) -> ProxyConfig {
@@ -120,7 +129,10 @@ public struct ProxyConfig: Sendable, DaemonSettings {
         var listenPaths: [HostPort: String] = [:]
         if let listen, listen.port != 0 { listenPaths[listen] = "$.listen" }
         for (path, object) in reader.objects(root, "services", at: "$") {
-            reader.rejectUnknownKeys(object, at: path, allowed: ["name", "agent", "listen"])
+            reader.rejectUnknownKeys(object, at: path, allowed: ["name", "agent", "listen", "allow", "deny"])
+            let access = AccessRules(
+                allow: reader.addressRanges(object, "allow", at: path),
+                deny: reader.addressRanges(object, "deny", at: path))
             let name = reader.name(object, "name", at: path)
             let agent = reader.name(object, "agent", at: path)
             let address = reader.address(object, "listen", at: path)
@@ -139,7 +151,7 @@ public struct ProxyConfig: Sendable, DaemonSettings {
             }
             guard let name, let agent, let address, servicePaths[name] == nil else { continue }
             servicePaths[name] = path
-            services.append(Service(name: name, agent: agent, listen: address))
+            services.append(Service(name: name, agent: agent, listen: address, access: access))
         }
 
         let interval = reader.seconds(root, "heartbeatIntervalSeconds", at: "$", default: 10, range: 0.05...3600)
@@ -157,6 +169,8 @@ public struct ProxyConfig: Sendable, DaemonSettings {
             root, "secretRotationGraceSeconds", at: "$", default: Self.defaultSecretRotationGrace, range: 0...604800)
         let halfClose = reader.halfCloseTimeout(root)
         let dataPlane = reader.dataPlane(root)
+        let limits = ProxyLimits.read(root, reader: reader)
+        let idle = reader.sessionIdleTimeout(root)
         let tls = reader.proxyTLS(root)
 
         guard let listen, reader.problems.isEmpty else { return nil }
@@ -176,6 +190,8 @@ public struct ProxyConfig: Sendable, DaemonSettings {
             secretRotationGrace: grace,
             removedServiceSessions: removedRule,
             dataPlane: dataPlane,
+            limits: limits,
+            sessionIdleTimeout: idle,
             tls: tls
         )
     }

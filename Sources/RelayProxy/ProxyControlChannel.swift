@@ -15,11 +15,17 @@ final class ProxyControlChannel: ControlChannelHandler {
     private let loop: ControlChannelLoop
     private let machine: Mutex<ProxyControlStateMachine>
     private let link = Mutex<AgentLink?>(nil)
+    /// Its place among the unauthenticated connections, given back at registration.
+    private let slot: ConnectionSlots.Slot?
 
     /// Prepares the channel; `deadline` bounds the handshake and is cancelled on registration.
-    init(state: ProxyState, logger: Logger, channel: any Channel, remote: String, deadline: Deadline) {
+    init(
+        state: ProxyState, logger: Logger, channel: any Channel, remote: String, deadline: Deadline,
+        slot: ConnectionSlots.Slot? = nil
+    ) {
         let config = state.config
         self.state = state
+        self.slot = slot
         var logger = logger
         logger[metadataKey: "remote"] = "\(remote)"
         self.logger = logger
@@ -47,7 +53,8 @@ final class ProxyControlChannel: ControlChannelHandler {
         if let link = self.link.withLock({ $0 }) {
             self.state.unregister(link)
             self.logger.info("agent disconnected", metadata: ["agent": "\(link.id)", "reason": "\(reason)"])
-        } else {
+        } else if reason != Self.authenticationFailed {
+            // (A failed proof was logged already, at most once per interval per source.)
             self.logger.warning("control channel closed before registration", metadata: ["reason": "\(reason)"])
         }
     }
@@ -89,8 +96,8 @@ final class ProxyControlChannel: ControlChannelHandler {
                 self.loop.close(after: error.errorMessage)
             case .authenticationFailed(let agent, let failure):
                 let why = failure == .unknownAgent ? "unknown agent id" : "wrong secret (bad proof)"
-                self.logger.warning("agent authentication failed: \(why)", metadata: ["agent": "\(agent)"])
-                self.loop.noteClose("authentication failed")
+                self.failedProof(agent: agent, known: failure != .unknownAgent, why: why)
+                self.loop.noteClose(Self.authenticationFailed)
             case .agentReady(let agent, let services, let offered):
                 self.register(agent: agent, services: services, offered: Set(offered))
             case .sessionRefused(let refuse):
@@ -109,8 +116,41 @@ final class ProxyControlChannel: ControlChannelHandler {
         }
     }
 
+    private static let authenticationFailed = "authentication failed"
+
+    /// Counts a failed proof towards the source's and the agent id's backoff, and logs it at
+    /// most once per interval per source.
+    private func failedProof(agent: String, known: Bool, why: String) {
+        let source = IPAddress(endpoint: self.remote) ?? IPAddress(bytes: [0, 0, 0, 0])
+        let limits = self.state.config.limits
+        let limitCounters = self.state.limits
+        limitCounters.note(
+            "failedProof", source: "\(source) \(agent.prefix(64))", logger: self.logger,
+            "agent authentication failed: \(why)",
+            metadata: ["agent": "\(agent.prefix(64))"])
+        let tripped = self.state.proofBackoff.failed(
+            agent: known ? agent : "", source: source, maxPerSource: limits.maxFailedProofsPerSource,
+            maxPerAgent: known ? limits.maxFailedProofsPerAgent : .max)
+        if let backoff = tripped.source {
+            limitCounters.hit(
+                LimitName.failedProofsPerSource, source: "\(source)", logger: self.logger,
+                "too many failed proofs from this address: its agent-port connections are refused for \(AgentPort.seconds(backoff))"
+            )
+        }
+        if let backoff = tripped.agent {
+            limitCounters.hit(
+                LimitName.failedProofsPerAgent, source: String(agent.prefix(64)), logger: self.logger,
+                "too many failed proofs for this agent id: it is refused for \(AgentPort.seconds(backoff)) (except from the address it last authenticated from)"
+            )
+        }
+    }
+
     private func register(agent: String, services: [String], offered: Set<String>) {
         self.deadline.cancel()
+        self.slot?.release()
+        if let source = IPAddress(endpoint: self.remote) {
+            self.state.proofBackoff.succeeded(agent: agent, source: source)
+        }
         self.loop.heard()
         let link = AgentLink(
             id: agent, remote: self.remote, services: services, offered: offered,

@@ -18,6 +18,10 @@ public final class ProxyServer: Service, Sendable {
         public let description: String
     }
 
+    /// Every limit's maximum and hits (`status`'s `limits`), shared with the control socket
+    /// and the metrics endpoint.
+    public var limits: LimitCounters { self.life.limits }
+
     /// The name of the agent port among listeners and socket-activation names.
     public static let agentPortName = "agents"
 
@@ -49,8 +53,8 @@ public final class ProxyServer: Service, Sendable {
         hooks: DaemonHooks = DaemonHooks(),
         adopted: [String: [CInt]] = [:]
     ) {
-        self.state = ProxyState(config: config)
         self.life = DaemonLife(daemon: "relay-proxy", configPath: configPath, hooks: hooks, logger: logger)
+        self.state = ProxyState(config: config, limits: self.life.limits)
         self.group = group
         self.logger = logger
         self.dataPlane = dataPlane
@@ -87,7 +91,8 @@ public final class ProxyServer: Service, Sendable {
         self.hooks.ready()
 
         let agentPort = AgentPort(state: self.state, group: self.group, logger: self.logger)
-        let clients = ClientHandler(state: self.state, dataPlane: dataPlane, logger: self.logger)
+        let clients = ClientHandler(
+            state: self.state, dataPlane: dataPlane, logger: self.logger, limits: self.state.limits)
         await withDiscardingTaskGroup { group in
             group.addTask { await self.shutdownWhenAsked() }
             group.addTask { await self.expireRotations() }
@@ -161,6 +166,8 @@ public final class ProxyServer: Service, Sendable {
         }
 
         self.state.replaceConfig(new)
+        // The operator may have fixed a secret: past failed proofs no longer count.
+        self.state.proofBackoff.reset()
 
         // Close what is gone or moved; start what is new. Live sessions are not tied to listeners.
         let newNames = Set(new.services.map(\.name))
@@ -185,6 +192,11 @@ public final class ProxyServer: Service, Sendable {
         for service in new.services {
             if let before = old.service(named: service.name), before.agent != service.agent {
                 changes.append("service '\(service.name)' now served by agent '\(service.agent)'")
+            }
+            if let before = old.service(named: service.name), before.access != service.access {
+                changes.append(
+                    "service '\(service.name)' access now allow [\(service.access.allow.map(\.description).joined(separator: ", "))] deny [\(service.access.deny.map(\.description).joined(separator: ", "))] (new clients)"
+                )
             }
         }
 
@@ -223,6 +235,7 @@ public final class ProxyServer: Service, Sendable {
                 "heartbeats every \(ReloadOutcome.seconds(new.heartbeatInterval)), timeout \(ReloadOutcome.seconds(new.heartbeatTimeout)) (connected agents too)"
             )
         }
+        changes += new.limits.changes(from: old.limits)
         if let change = TLSNotes.reloadChange(old: old.tls?.summary, new: new.tls?.summary) { changes.append(change) }
         let before = new.metrics
         changes += new.reloadChanges(

@@ -92,11 +92,11 @@ final class ProxySession: Sendable {
     init(
         id: String, service: String, agent: String, client: String, clientSocket: OwnedSocket,
         attachSecret: Secret, telemetry: ServiceTelemetry, attachTimeout: Double = 10, halfCloseTimeout: Double = 0,
-        eventLoop: any EventLoop = MultiThreadedEventLoopGroup.singleton.next(),
+        idleTimeout: Double = 0, eventLoop: any EventLoop = MultiThreadedEventLoopGroup.singleton.next(),
         dataPlane: (any DataPlane)? = nil
     ) {
         self.dataPlane = dataPlane
-        self.pumpLimits = PumpLimits(halfCloseTimeoutSeconds: halfCloseTimeout)
+        self.pumpLimits = PumpLimits(halfCloseTimeoutSeconds: halfCloseTimeout, idleTimeoutSeconds: idleTimeout)
         self.id = id
         self.service = service
         self.agent = agent

@@ -19,9 +19,19 @@ final class ProxyState: Sendable {
     private let store: Mutex<Store>
     /// Per-service counters and metrics.
     let telemetry = DaemonTelemetry(role: "proxy")
+    /// Every limit's maximum and hits, and their rate-limited log lines.
+    let limits: LimitCounters
+    /// Agent-port connections not yet authenticated (or attached), in total and per source.
+    let unauthenticated = ConnectionSlots()
+    /// Refusals after failed proofs, per source and per agent id.
+    let proofBackoff = ProofBackoff()
 
-    init(config: ProxyConfig) {
+    init(config: ProxyConfig, limits: LimitCounters = LimitCounters()) {
         self.store = Mutex(Store(config: config))
+        self.limits = limits
+        limits.observe(self.telemetry.limitHit)
+        limits.declare(config.limits.declared(sessionIdleTimeout: config.sessionIdleTimeout))
+        self.telemetry.declareLimits(limits.names)
     }
 
     /// The config in force.
@@ -32,6 +42,7 @@ final class ProxyState: Sendable {
     /// Puts a new config in force; registered agents and live sessions stay.
     func replaceConfig(_ config: ProxyConfig) {
         self.store.withLock { $0.config = config }
+        self.limits.declare(config.limits.declared(sessionIdleTimeout: config.sessionIdleTimeout))
     }
 
     /// The credentials an agent is checked against: its secret in the config in force, and
@@ -114,22 +125,69 @@ final class ProxyState: Sendable {
     }
 
     /// Creates and records a session with a fresh id, unique among live sessions, and starts
-    /// it (its attach timer runs); the caller sends its `connect`.
+    /// it (its attach timer runs); the caller sends its `connect`. Nil, with the limit's name,
+    /// when the service or the agent already holds as many sessions as the limits allow.
+    func openSessionWithinLimits(
+        service: String, agent: String, client: String, clientSocket: OwnedSocket, attachSecret: Secret,
+        dataPlane: (any DataPlane)? = nil
+    ) -> Result<ProxySession, SessionLimitHit> {
+        self.openSession(
+            service: service, agent: agent, client: client, clientSocket: clientSocket, attachSecret: attachSecret,
+            dataPlane: dataPlane, enforceLimits: true)
+    }
+
+    /// Creates and records a session as ``openSessionWithinLimits(service:agent:client:clientSocket:dataPlane:)``
+    /// does, without looking at the session limits.
     func openSession(
         service: String, agent: String, client: String, clientSocket: OwnedSocket, attachSecret: Secret,
         dataPlane: (any DataPlane)? = nil
     ) -> ProxySession {
-        self.store.withLock { store in
+        let result = self.openSession(
+            service: service, agent: agent, client: client, clientSocket: clientSocket, attachSecret: attachSecret,
+            dataPlane: dataPlane, enforceLimits: false)
+        switch result {
+        case .success(let session): return session
+        case .failure: preconditionFailure("no limit is enforced")
+        }
+    }
+
+    private func openSession(
+        service: String, agent: String, client: String, clientSocket: OwnedSocket, attachSecret: Secret,
+        dataPlane: (any DataPlane)?, enforceLimits: Bool
+    ) -> Result<ProxySession, SessionLimitHit> {
+        self.store.withLock { store -> Result<ProxySession, SessionLimitHit> in
+            let limits = enforceLimits ? store.config.limits : ProxyLimits.unlimited
+            var ofService = 0
+            var pendingOfService = 0
+            var ofAgent = 0
+            for session in store.sessions.values {
+                if session.agent == agent { ofAgent += 1 }
+                guard session.service == service else { continue }
+                ofService += 1
+                if case .pending = session.phase { pendingOfService += 1 }
+            }
+            if ofService >= limits.maxSessionsPerService {
+                return .failure(SessionLimitHit(name: LimitName.sessionsPerService, max: limits.maxSessionsPerService))
+            }
+            if pendingOfService >= limits.maxPendingSessionsPerService {
+                return .failure(
+                    SessionLimitHit(name: LimitName.pendingSessionsPerService, max: limits.maxPendingSessionsPerService)
+                )
+            }
+            if ofAgent >= limits.maxSessionsPerAgent {
+                return .failure(SessionLimitHit(name: LimitName.sessionsPerAgent, max: limits.maxSessionsPerAgent))
+            }
             var id = SessionIDs.make()
             while store.sessions[id] != nil { id = SessionIDs.make() }
             let session = ProxySession(
                 id: id, service: service, agent: agent, client: client, clientSocket: clientSocket,
                 attachSecret: attachSecret, telemetry: self.telemetry.service(service),
                 attachTimeout: store.config.attachTimeout,
-                halfCloseTimeout: store.config.halfCloseTimeout, dataPlane: dataPlane)
+                halfCloseTimeout: store.config.halfCloseTimeout, idleTimeout: store.config.sessionIdleTimeout,
+                dataPlane: dataPlane)
             store.sessions[id] = session
             session.telemetry.sessionOpened()
-            return session
+            return .success(session)
         }
     }
 
@@ -150,6 +208,12 @@ final class ProxyState: Sendable {
     var sessions: [ProxySession] {
         self.store.withLock { Array($0.sessions.values) }
     }
+}
+
+/// A session refused by a limit: which one, and its maximum.
+struct SessionLimitHit: Error {
+    let name: String
+    let max: Int
 }
 
 extension ProxyState {

@@ -45,6 +45,7 @@ enum AgentDaemon: DaemonDefinition {
     ) throws -> DaemonParts {
         let server = AgentServer(config: config, configPath: configPath, logger: logger, hooks: hooks)
         let commands = AgentControlCommands(server: server, metrics: metrics)
-        return DaemonParts(server: server, handler: commands.handle, renderMetrics: commands.renderMetrics)
+        return DaemonParts(
+            server: server, handler: commands.handle, renderMetrics: commands.renderMetrics, limits: server.limits)
     }
 }

@@ -72,6 +72,7 @@ enum ProxyDaemon: DaemonDefinition {
         let server = ProxyServer(
             config: config, configPath: configPath, logger: logger, hooks: hooks, adopted: adopted)
         let commands = ProxyControlCommands(server: server, metrics: metrics)
-        return DaemonParts(server: server, handler: commands.handle, renderMetrics: commands.renderMetrics)
+        return DaemonParts(
+            server: server, handler: commands.handle, renderMetrics: commands.renderMetrics, limits: server.limits)
     }
 }

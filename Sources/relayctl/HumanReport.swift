@@ -41,6 +41,21 @@ enum HumanReport {
             ))
         fields.append(("control", safe(report.control)))
         if let metrics = report.metrics { fields.append(("metrics", "http://\(safe(metrics))/metrics")) }
+        if let limits = report.limits {
+            // Only the limits that were hit: the others are in --json.
+            let hit = limits.filter { $0.value.hits > 0 }.sorted { $0.key < $1.key }
+            fields.append(
+                (
+                    "limits hit",
+                    hit.isEmpty
+                        ? "none"
+                        : hit.map {
+                            "\(safe($0.key)) \($0.value.hits)x"
+                                + ($0.value.max.map { " (max \($0 == $0.rounded() ? "\(Int($0))" : "\($0)"))" } ?? "")
+                        }
+                        .joined(separator: ", ")
+                ))
+        }
         let width = fields.map(\.0.count).max() ?? 0
         var lines = fields.map { Self.padded($0.0, to: width) + "  " + $0.1 }
         if !report.services.isEmpty {

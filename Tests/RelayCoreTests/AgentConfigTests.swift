@@ -91,9 +91,9 @@ import Testing
         #expect(
             try Self.check(json).problems == [
                 "$.colour: unknown key (allowed: connectTimeoutSeconds, control, dataPlane, dataUserTimeoutSeconds, drainTimeoutSeconds, "
-                    + "halfCloseTimeoutSeconds, heartbeatIntervalSeconds, heartbeatTimeoutSeconds, id, metrics, "
+                    + "halfCloseTimeoutSeconds, heartbeatIntervalSeconds, heartbeatTimeoutSeconds, id, maxSessions, metrics, "
                     + "reconnectInitialDelaySeconds, reconnectMaxDelaySeconds, relay, removedServiceSessions, secret, "
-                    + "secretCredential, secretFile, services, tcpKeepaliveSeconds, tcpUserTimeoutSeconds, tls)",
+                    + "secretCredential, secretFile, services, sessionIdleTimeoutSeconds, tcpKeepaliveSeconds, tcpUserTimeoutSeconds, tls)",
                 "$.relay: bad address 'relay.example.net': expected HOST:PORT",
                 "$.id: 'bad id' is not a valid name: use \(Self.nameRule)",
                 "$.secretFile: give only one of 'secret', 'secretFile' and 'secretCredential', not secret and secretFile",

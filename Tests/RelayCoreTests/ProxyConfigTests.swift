@@ -90,10 +90,12 @@ import Testing
             try Self.check(json).problems == [
                 "$.lisen: unknown key (allowed: agents, attachTimeoutSeconds, control, dataPlane, dataUserTimeoutSeconds, drainTimeoutSeconds, "
                     + "halfCloseTimeoutSeconds, handshakeTimeoutSeconds, heartbeatIntervalSeconds, heartbeatTimeoutSeconds, "
-                    + "listen, metrics, removedServiceSessions, secretRotationGraceSeconds, services, "
-                    + "tcpKeepaliveSeconds, tcpUserTimeoutSeconds, tls)",
+                    + "listen, maxFailedProofsPerAgent, maxFailedProofsPerSource, maxPendingSessionsPerService, "
+                    + "maxSessionsPerAgent, maxSessionsPerService, maxUnauthenticatedConnections, "
+                    + "maxUnauthenticatedConnectionsPerSource, metrics, removedServiceSessions, secretRotationGraceSeconds, "
+                    + "services, sessionIdleTimeoutSeconds, tcpKeepaliveSeconds, tcpUserTimeoutSeconds, tls)",
                 "$.agents[0].secert: unknown key (allowed: id, secret, secretCredential, secretFile)",
-                "$.services[0].target: unknown key (allowed: agent, listen, name)",
+                "$.services[0].target: unknown key (allowed: agent, allow, deny, listen, name)",
             ])
     }
 

@@ -1,4 +1,5 @@
 import FoundationEssentials
+import Glibc
 import Logging
 import NIOCore
 import NIOPosix
@@ -23,18 +24,25 @@ public final class ControlSocketServer: Service, Sendable {
     private let listener: NIOAsyncChannel<AcceptedConnection, Never>
     private let logger: Logger
     private let handler: Handler
-    private let connections = Atomic<Int>(0)
+    private let admission = Mutex(ControlSocketAdmission())
+    private let limits: LimitCounters
 
     private init(
         path: String,
         listener: NIOAsyncChannel<AcceptedConnection, Never>,
         logger: Logger,
+        limits: LimitCounters,
         handler: @escaping Handler
     ) {
         self.path = path
         self.listener = listener
         self.logger = logger
+        self.limits = limits
         self.handler = handler
+        limits.declare([
+            (ControlSocketAdmission.totalName, Double(ControlSocketLimits.maxConnections)),
+            (ControlSocketAdmission.perUserName, Double(ControlSocketLimits.maxConnectionsPerUser)),
+        ])
     }
 
     /// Prepares the path and its directory (see ``SocketFile/prepare(_:)``), binds the socket,
@@ -44,6 +52,7 @@ public final class ControlSocketServer: Service, Sendable {
         path: String,
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         logger: Logger,
+        limits: LimitCounters = LimitCounters(),
         handler: @escaping Handler
     ) async throws -> ControlSocketServer {
         if let repaired = try SocketFile.prepare(path) { logger.warning("\(repaired)") }
@@ -61,7 +70,7 @@ public final class ControlSocketServer: Service, Sendable {
             throw DaemonError("cannot listen on the control socket \(path): \(Network.describe(error))")
         }
         logger.info("control socket listening", metadata: ["path": "\(path)"])
-        return ControlSocketServer(path: path, listener: listener, logger: logger, handler: handler)
+        return ControlSocketServer(path: path, listener: listener, logger: logger, limits: limits, handler: handler)
     }
 
     /// Serves until graceful shutdown or cancellation, then closes and removes the socket.
@@ -75,17 +84,22 @@ public final class ControlSocketServer: Service, Sendable {
                 try await self.listener.executeThenClose { inbound in
                     for try await accepted in inbound {
                         guard let connection = accepted.take() else { continue }
-                        if self.connections.add(1, ordering: .relaxed).newValue > ControlSocketLimits.maxConnections {
-                            self.connections.subtract(1, ordering: .relaxed)
-                            self.logger.warning(
-                                "control connection refused: too many",
-                                metadata: ["limit": "\(ControlSocketLimits.maxConnections)"])
+                        // Who connects (SO_PEERCRED): an unknown peer counts as another user.
+                        let uid = await Self.peerUID(connection.channel) ?? uid_t.max
+                        if let refusal = self.admission.withLock({ $0.admit(uid: uid) }) {
+                            let name =
+                                refusal == .perUser
+                                ? ControlSocketAdmission.perUserName : ControlSocketAdmission.totalName
+                            self.limits.hit(
+                                name, source: refusal == .perUser ? "uid \(uid)" : nil, logger: self.logger,
+                                "control connection refused: \(refusal == .perUser ? "this user holds \(ControlSocketLimits.maxConnectionsPerUser) connections" : "\(ControlSocketLimits.maxConnections) connections are open (the last \(ControlSocketLimits.reservedForOperator) kept for root)")",
+                                metadata: ["uid": "\(uid)"])
                             try? await connection.executeThenClose { _, _ in }
                             continue
                         }
                         group.addTask {
                             await self.serve(connection)
-                            self.connections.subtract(1, ordering: .relaxed)
+                            self.admission.withLock { $0.release(uid: uid) }
                         }
                     }
                 }
@@ -143,6 +157,22 @@ public final class ControlSocketServer: Service, Sendable {
         } catch {
             self.logger.debug("control connection ended: \(error)")
         }
+    }
+
+    /// The user id of the process at the other end of a Unix socket connection.
+    static func peerUID(_ channel: any Channel) async -> uid_t? {
+        guard let provider = channel as? any SocketOptionProvider else { return nil }
+        let credentials: PeerCredentials? = try? await provider.unsafeGetSocketOption(
+            level: .socket, name: NIOBSDSocket.Option(rawValue: SO_PEERCRED)
+        ).get()
+        return credentials?.uid
+    }
+
+    /// Linux's `struct ucred` (which Glibc's module does not export): what SO_PEERCRED gives.
+    struct PeerCredentials: Sendable {
+        var pid: Int32 = 0
+        var uid: uid_t = 0
+        var gid: gid_t = 0
     }
 
     /// The integer `id` of a line that is a JSON object but not a valid request, so that

@@ -43,7 +43,7 @@ public struct SpliceDataPlane: DataPlane, CustomStringConvertible {
         let session = self.plane.start(
             first: firstDescriptor, second: secondDescriptor, pendingForward: pendingForward,
             pendingBackward: pendingBackward, meter: meter,
-            limits: SpliceLimits(halfCloseTimeout: limits.halfCloseTimeout))
+            limits: SpliceLimits(halfCloseTimeout: limits.halfCloseTimeout, idleTimeout: limits.idleTimeout))
         return Running(session: session)
     }
 
@@ -66,6 +66,7 @@ public struct SpliceDataPlane: DataPlane, CustomStringConvertible {
             case .halfCloseTimeout(let idle, _):
                 .failed(endpoint: idle == .first ? .first : .second, reason: outcome.reason)
             case .aborted(let reason): .failed(endpoint: .first, reason: reason)
+            case .idleTimeout: .failed(endpoint: .first, reason: outcome.reason)
             }
         }
     }

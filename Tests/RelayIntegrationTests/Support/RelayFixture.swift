@@ -23,6 +23,8 @@ final class RelayFixture {
     var agents: [Agent]
     var services: [Service]
     var proxyOptions: [String: Any]
+    /// Keys added to a service's object in the proxy's config (e.g. `allow`, `deny`), by name.
+    var serviceOptions: [String: [String: Any]] = [:]
     /// A command the agents are started through (an absolute path and its arguments, with
     /// the agent's command line appended), e.g. to run them in a namespace of their own.
     var agentWrapper: [String] = []
@@ -83,7 +85,7 @@ final class RelayFixture {
                 [
                     "name": $0.name, "agent": $0.agent,
                     "listen": Self.address(self.host, self.configuredPorts.services[$0.name] ?? 0),
-                ]
+                ].merging(self.serviceOptions[$0.name] ?? [:]) { _, new in new }
             },
         ]
         config.merge(self.proxyOptions) { _, new in new }
