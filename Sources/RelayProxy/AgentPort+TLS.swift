@@ -10,6 +10,11 @@ extension AgentPort {
     /// TLS: a control channel runs until it closes; a data channel is handed to its session
     /// as an adopted connection, pumped in user space.
     func handle(_ socket: OwnedSocket, tls: ProxyTLS) async {
+        // The same limits as in plaintext, before the handshake costs anything: a slot among
+        // the unauthenticated connections, held until the agent registers or its data
+        // channel is handed over (AgentPortLimits.swift).
+        guard let slot = self.admit(socket) else { return socket.close() }
+        defer { slot.release() }
         let timeout = self.state.config.handshakeTimeout
         let deadline = ContinuousClock.now + .seconds(timeout)
         var logger = self.logger
@@ -63,6 +68,7 @@ extension AgentPort {
         if tls.mutual { identity = { @Sendable agent in await tls.identityProblem(on: channel, agent: agent) } }
         switch first {
         case .hello(let hello):
+            guard self.admit(hello, from: socket, logger: logger) else { return connection.release() }
             if let identity, let problem = await identity(hello.agent) {
                 let error = ProtocolError(.authFailed, problem)
                 logger.warning("agent-port connection refused: \(error)", metadata: ["agent": "\(hello.agent)"])
@@ -72,7 +78,8 @@ extension AgentPort {
             _ = try? await channel.eventLoop.submit { try self.state.config.tcp.apply(to: channel, role: .control) }
                 .get()
             let control = ProxyControlChannel(
-                state: self.state, logger: self.logger, channel: channel, remote: remote, deadline: handshake)
+                state: self.state, logger: self.logger, channel: channel, remote: remote, deadline: handshake,
+                slot: slot)
             await control.run(hello: first, reader: endpoint.reader, outbound: endpoint.writer)
             connection.release()
         case .attach(let attach):

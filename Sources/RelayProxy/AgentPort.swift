@@ -19,7 +19,7 @@ struct AgentPort {
     func handle(_ socket: OwnedSocket) async {
         if let tls = self.state.config.tls { return await self.handle(socket, tls: tls) }
         // Limits first, before a byte is read: the connections not yet authenticated
-        // (AgentPortLimits.swift). (TLS connections: not yet.)
+        // (AgentPortLimits.swift; the TLS path takes the same slot).
         guard let slot = self.admit(socket) else { return socket.close() }
         defer { slot.release() }
         let timeout = self.state.config.handshakeTimeout

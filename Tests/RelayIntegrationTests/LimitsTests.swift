@@ -171,8 +171,10 @@ struct LimitsTests {
     /// Finding: under a low descriptor limit, silent connections on the agent port lock an
     /// honest agent out. The relay runs with RLIMIT_NOFILE a few dozen above what it needs;
     /// 300 silent connections from 127.0.0.2 are made; the honest agent (from 127.0.0.1)
-    /// still registers promptly and serves a session.
-    @Test func silentConnectionsDoNotLockAnHonestAgentOut() async throws {
+    /// still registers promptly and serves a session. On a plaintext and on a TLS agent port
+    /// (the TLS path takes its slot before the handshake).
+    @Test(arguments: [false, true])
+    func silentConnectionsDoNotLockAnHonestAgentOut(tls: Bool) async throws {
         let echo = try await TargetServer.start(.echo)
         defer { Task { await echo.close() } }
         try await withFixture(
@@ -180,6 +182,13 @@ struct LimitsTests {
             services: [.init(name: "web", agent: "office")],
             proxyOptions: ["handshakeTimeoutSeconds": 60]
         ) { relay in
+            var agentOptions: [String: Any] = [:]
+            if tls {
+                let pki = TestPKI(directory: relay.directory)
+                let server = try pki.leaf(commonName: "relay", dns: ["relay.invalid"], issuer: nil, file: "self-signed")
+                relay.proxyOptions["tls"] = ["certificate": server.certificatePath, "key": server.keyPath]
+                agentOptions["tls"] = ["pin": server.pin]
+            }
             try await DaemonProcess.$launcher.withValue(["/usr/bin/prlimit", "--nofile=96:96", "--"]) {
                 try await relay.startProxy()
             }
@@ -196,11 +205,11 @@ struct LimitsTests {
             try await relay.proxy.waitForDescriptors(atMost: before + 16 + 2)
             let held = relay.proxy.openDescriptors
             print(
-                "figure: 300 silent agent-port connections under RLIMIT_NOFILE 96: relay holds \(held - before) of them"
+                "figure: 300 silent agent-port connections (\(tls ? "TLS" : "plaintext")) under RLIMIT_NOFILE 96: relay holds \(held - before) of them"
             )
             #expect(held - before <= 16 + 2)
             let start = ContinuousClock.now
-            try await relay.startAgent(id: "office", services: ["web": echo.port])
+            try await relay.startAgent(id: "office", services: ["web": echo.port], options: agentOptions)
             print("figure: honest agent registered \(ContinuousClock.now - start) after the flood")
             #expect(ContinuousClock.now - start < .seconds(10))
             #expect(try await Self.echoes(try await TestClient.connect(port: relay.servicePort("web")), "served"))
