@@ -92,12 +92,7 @@ final class SilentRelay: Sendable {
     }
 
     static func start() async throws -> SilentRelay {
-        let listener = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .bind(host: "127.0.0.1", port: 0) { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
-                }
-            }
+        let (listener, _) = try await FakeRelay.listen()
         let accepted = Counter()
         let task = Task<Void, Never> {
             _ = try? await listener.executeThenClose { inbound in

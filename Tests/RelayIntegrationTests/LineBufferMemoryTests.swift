@@ -45,21 +45,10 @@ import Testing
     /// The agent's end of its control channel, fed by a relay (a fake one here; it knows the
     /// agent's secret, as a relay that misbehaves after authenticating would).
     @Test func agentControlChannel() async throws {
-        let listener = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .bind(host: "127.0.0.1", port: 0) { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
-                }
-            }
-        let port = listener.channel.localAddress!.port!
+        let (listener, port) = try await FakeRelay.listen()
         try await withFixture(agents: [], services: []) { fixture in
-            let config: [String: Any] = [
-                "relay": "127.0.0.1:\(port)", "id": "office", "secret": Self.secret,
-                "control": fixture.directory + "/agent.sock",
-                "services": [["name": "web", "target": "127.0.0.1:9"]],
-            ]
-            let agent = try DaemonProcess(
-                "relay-agent", arguments: ["--config", try fixture.write(config, to: "agent.json")], name: "agent")
+            let agent = try fixture.startAgent(
+                relayPort: port, secret: Self.secret, target: "127.0.0.1:9")
             do {
                 let growth = try await listener.executeThenClose { connections in
                     var accepted = connections.makeAsyncIterator()

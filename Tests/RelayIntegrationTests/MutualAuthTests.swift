@@ -139,22 +139,11 @@ import Testing
     @Test func aFakeRelayGetsNoRegisterAndNoSession() async throws {
         let target = try await TargetServer.start(.echo)
         defer { Task { await target.close() } }
-        let listener = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .bind(host: "127.0.0.1", port: 0) { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
-                }
-            }
-        let port = listener.channel.localAddress!.port!
+        let (listener, port) = try await FakeRelay.listen()
         try await withFixture(agents: [], services: []) { fixture in
-            let config: [String: Any] = [
-                "relay": "127.0.0.1:\(port)", "id": "office", "secret": "the real secret, not known to the fake",
-                "control": fixture.directory + "/agent.sock",
-                "services": [["name": "web", "target": "127.0.0.1:\(target.port)"]],
-                "reconnectInitialDelaySeconds": 0.2, "reconnectMaxDelaySeconds": 0.5,
-            ]
-            let agent = try DaemonProcess(
-                "relay-agent", arguments: ["--config", try fixture.write(config, to: "agent.json")], name: "agent")
+            let agent = try fixture.startAgent(
+                relayPort: port, secret: "the real secret, not known to the fake", target: "127.0.0.1:\(target.port)",
+                options: ["reconnectInitialDelaySeconds": 0.2, "reconnectMaxDelaySeconds": 0.5])
             do {
                 let seen = try await listener.executeThenClose { connections in
                     var accepted = connections.makeAsyncIterator()

@@ -97,21 +97,10 @@ struct RefusalTests {
     @Test func dataChannelThatCannotBeOpenedIsRefusedPromptly() async throws {
         let echo = try await TargetServer.start(.echo)
         defer { Task { await echo.close() } }
-        let listener = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .bind(host: "127.0.0.1", port: 0) { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
-                }
-            }
-        let port = listener.channel.localAddress!.port!
+        let (listener, port) = try await FakeRelay.listen()
         try await withFixture(agents: [], services: []) { fixture in
-            let config: [String: Any] = [
-                "relay": "127.0.0.1:\(port)", "id": "office", "secret": "s3cret-s3cret-s3cret",
-                "control": fixture.directory + "/agent.sock",
-                "services": [["name": "web", "target": "127.0.0.1:\(echo.port)"]],
-            ]
-            let agent = try DaemonProcess(
-                "relay-agent", arguments: ["--config", try fixture.write(config, to: "agent.json")], name: "agent")
+            let agent = try fixture.startAgent(
+                relayPort: port, secret: "s3cret-s3cret-s3cret", target: "127.0.0.1:\(echo.port)")
             do {
                 let (refusal, elapsed) = try await listener.executeThenClose { connections in
                     var accepted = connections.makeAsyncIterator()
