@@ -35,7 +35,7 @@ struct SessionRunner {
                 "maxSessions", logger: logger, "connect refused: maxSessions (\(config.maxSessions)) reached",
                 metadata: ["service": "\(service.name)"])
             control.refuse(
-                session: connect.session, code: .targetUnreachable,
+                session: connect.session, code: .agentBusy,
                 message: "the agent already runs its maxSessions (\(config.maxSessions)) sessions")
             return
         }

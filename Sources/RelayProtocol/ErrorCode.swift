@@ -29,6 +29,8 @@ public enum ErrorCode: String, Codable, Sendable, CaseIterable {
     /// The agent received a `connect` after the relay had stopped waiting for it (the agent
     /// was stalled): it was dropped without dialling the target.
     case connectExpired = "connect_expired"
+    /// The agent already runs its `maxSessions` sessions: the target was not dialled.
+    case agentBusy = "agent_busy"
     /// The agent could not connect to the service's target.
     case targetUnreachable = "target_unreachable"
     /// The agent reached the target but could not open a data channel to the relay.

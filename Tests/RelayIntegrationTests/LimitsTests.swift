@@ -116,6 +116,8 @@ struct LimitsTests {
             #expect(accepted == 2)
             #expect(refused == 4)
             try await agent.waitForLine(containing: "connect refused: maxSessions (2) reached")
+            // The relay hears why: a refusal of its own code, not an unreachable target.
+            try await relay.proxy.waitForLine(containing: "refused by agent (agent_busy)")
             let limits = try await Self.limits(relay.agentSocket("office"))
             #expect(Self.hits(limits, "maxSessions") == 4, "\(limits)")
             for client in clients { try? await client.channel.close() }

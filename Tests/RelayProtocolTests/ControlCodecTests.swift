@@ -243,7 +243,7 @@ import Testing
             ErrorCode.allCases.map(\.rawValue) == [
                 "bad_json", "line_too_long", "unknown_type", "bad_message", "unexpected_message", "unsupported_version",
                 "auth_failed", "timeout", "unknown_session", "bad_token", "unknown_service", "connect_expired",
-                "target_unreachable",
+                "agent_busy", "target_unreachable",
                 "data_channel_failed", "replaced", "shutting_down",
             ])
     }
