@@ -12,6 +12,12 @@ extension AgentPort {
         // An address that cannot be read (never for TCP) shares one slot count.
         let source = IPAddress(endpoint: socket.remote) ?? IPAddress(bytes: [0, 0, 0, 0])
         let counters = self.state.limits
+        // The address of a registered agent is counted but never refused: its data channels
+        // come in bursts (one per new session, all from that address) and each holds its
+        // slot only until its first line. A stranger must share that address to profit.
+        if self.state.agents.contains(where: { IPAddress(endpoint: $0.remote) == source }) {
+            return try? self.state.unauthenticated.take(source: source, maxTotal: .max, maxPerSource: .max).get()
+        }
         switch self.state.unauthenticated.take(
             source: source, maxTotal: limits.maxUnauthenticated, maxPerSource: limits.maxUnauthenticatedPerSource)
         {

@@ -220,6 +220,35 @@ struct LimitsTests {
         }
     }
 
+    /// A registered agent's data channels all come from its address, in bursts: with room
+    /// for one unauthenticated connection per address, 64 sessions opened at once are all
+    /// served (the agent's address is counted, never refused).
+    @Test func aBurstOfDataChannelsFromARegisteredAgentIsNotRefused() async throws {
+        let echo = try await TargetServer.start(.echo)
+        defer { Task { await echo.close() } }
+        try await withFixture(
+            agents: [.init(id: "office", secret: "0123456789abcdef-office")],
+            services: [.init(name: "web", agent: "office")],
+            proxyOptions: ["maxUnauthenticatedConnectionsPerSource": 1]
+        ) { relay in
+            try await relay.startProxy()
+            try await relay.startAgent(id: "office", services: ["web": echo.port])
+            let port = relay.servicePort("web")
+            let served = try await withThrowingTaskGroup(of: Bool.self) { group in
+                for index in 0..<64 {
+                    group.addTask {
+                        let message = Array("session \(index)".utf8)
+                        return try await TestClient.exchange(port: port, request: message) == message
+                    }
+                }
+                return try await group.reduce(0) { $0 + ($1 ? 1 : 0) }
+            }
+            print("figure: 64 sessions at once with one unauthenticated slot per address: \(served) served")
+            #expect(served == 64)
+            #expect(relay.proxy.lines(containing: "limit=maxUnauthenticatedConnectionsPerSource").isEmpty)
+        }
+    }
+
     /// A nonblocking TCP connect from `source` to 127.0.0.1:`port`; the descriptor, or nil.
     static func nonblockingConnect(from source: String, port: Int) -> Int32? {
         let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
