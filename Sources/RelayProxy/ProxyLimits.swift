@@ -20,7 +20,7 @@ public struct ProxyLimits: Sendable, Equatable {
     /// `maxSessionsPerAgent`: live sessions through one agent.
     public var maxSessionsPerAgent = 4096
     /// `maxPendingSessionsPerService`: sessions of one service still waiting for their data channel.
-    public var maxPendingSessionsPerService = 128
+    public var maxPendingSessionsPerService = 512
 
     /// No session limit (what code that opens sessions outside a client's path uses).
     static let unlimited = ProxyLimits(
