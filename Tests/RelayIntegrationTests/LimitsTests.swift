@@ -31,6 +31,18 @@ struct LimitsTests {
         await Self.eventually(seconds) { !connection.channel.isActive }
     }
 
+    /// `count` clients connected to `port` that send nothing, and how many of them the relay
+    /// closed within `seconds` each.
+    static func silentClients(_ count: Int, port: Int, closedWithin seconds: Double) async throws -> (
+        clients: [TestClient.Connection], closed: Int
+    ) {
+        var clients: [TestClient.Connection] = []
+        for _ in 0..<count { clients.append(try await Self.connect(port: port)) }
+        var closed = 0
+        for client in clients where await Self.closed(client, within: seconds) { closed += 1 }
+        return (clients, closed)
+    }
+
     /// Waits until `condition` holds, up to `seconds`.
     static func eventually(_ seconds: Double = 10, _ condition: () -> Bool) async -> Bool {
         let end = ContinuousClock.now + .seconds(seconds)
@@ -77,10 +89,7 @@ struct LimitsTests {
         ) { relay in
             try await relay.startProxy()
             try await relay.startAgent(id: "office", services: ["db": target.port])
-            var clients: [TestClient.Connection] = []
-            for _ in 0..<12 { clients.append(try await Self.connect(port: relay.servicePort("db"))) }
-            var refused = 0
-            for client in clients where await Self.closed(client, within: 0.3) { refused += 1 }
+            let (clients, refused) = try await Self.silentClients(12, port: relay.servicePort("db"), closedWithin: 0.3)
             let accepted = target.stats.accepted.load(ordering: .relaxed)
             print(
                 "figure: 12 silent clients, maxSessionsPerService 3: \(accepted) reached the target, \(refused) closed")
@@ -107,10 +116,7 @@ struct LimitsTests {
             try await relay.startProxy()
             let agent = try await relay.startAgent(
                 id: "office", services: ["db": target.port], options: ["maxSessions": 2])
-            var clients: [TestClient.Connection] = []
-            for _ in 0..<6 { clients.append(try await Self.connect(port: relay.servicePort("db"))) }
-            var refused = 0
-            for client in clients where await Self.closed(client, within: 1) { refused += 1 }
+            let (clients, refused) = try await Self.silentClients(6, port: relay.servicePort("db"), closedWithin: 1)
             let accepted = target.stats.accepted.load(ordering: .relaxed)
             print("figure: 6 silent clients, agent maxSessions 2: \(accepted) reached the target, \(refused) closed")
             #expect(accepted == 2)
@@ -388,8 +394,11 @@ struct LimitsTests {
             let agent = try await relay.startAgent(id: "office", services: [:], waitForRegistration: false)
             let socket = daemon == .proxy ? relay.proxySocket : relay.agentSocket("office")
             let logs = daemon == .proxy ? relay.proxy! : agent
-            try? await Task.sleep(for: .milliseconds(200))
+            #expect(await Self.eventually { FileManager.default.fileExists(atPath: socket) })
             chmod(relay.directory, 0o755)
+            // Each holder connects 20 times, then says so. They start one after the other, each
+            // once the previous one has connected: the socket's backlog is accepted in order,
+            // so the counts below do not depend on how the four interleave.
             let script = """
                 import socket, sys, time
                 held = []
@@ -397,20 +406,34 @@ struct LimitsTests {
                     s = socket.socket(socket.AF_UNIX)
                     s.connect(sys.argv[1])
                     held.append(s)
+                print("held", flush=True)
                 time.sleep(60)
                 """
             var holders: [Process] = []
             defer { for holder in holders { holder.terminate() } }
             for uid in 65531...65534 {
                 let holder = Process()
+                let output = Pipe()
                 holder.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
                 holder.arguments = [
                     "--reuid=\(uid)", "--regid=0", "--clear-groups", "/usr/bin/python3", "-c", script, socket,
                 ]
+                holder.standardOutput = output
                 try holder.run()
                 holders.append(holder)
+                let said = output.fileHandleForReading.readData(ofLength: 4)
+                #expect(String(decoding: said, as: UTF8.self) == "held", "holder \(uid) did not connect")
             }
             try await logs.waitForLine(containing: "limit=controlMaxConnections ")
+            // All 80 accepted and counted (the daemon may still be accepting the last ones):
+            // 56 slots are open to other users, so 24 refusals.
+            var refusals = 0
+            for _ in 0..<200 where refusals < 24 {
+                let limits = try await Self.limits(socket)
+                refusals =
+                    Self.hits(limits, "controlMaxConnectionsPerUser") + Self.hits(limits, "controlMaxConnections")
+            }
+            #expect(refusals == 24)
             let status = try await Relayctl.run(["--socket", socket, "status"])
             #expect(status.status == 0, "root was locked out: \(status)")
             let stranger = try await Relayctl.run(

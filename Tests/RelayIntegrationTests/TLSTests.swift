@@ -30,14 +30,24 @@ struct TLSTests {
         return tls
     }
 
-    @Test func tunnelWithACASignedRelayCertificate() async throws {
+    /// An echo target, and a fixture with agent `office` (and `otherAgents`) serving `web`,
+    /// with a PKI that writes into the fixture's directory.
+    private func withTunnel(
+        otherAgents: [RelayFixture.Agent] = [],
+        _ body: (RelayFixture, TestPKI, TargetServer) async throws -> Void
+    ) async throws {
         let echo = try await TargetServer.start(.echo)
         defer { Task { await echo.close() } }
         try await withFixture(
-            agents: [.init(id: "office", secret: "s3cret-s3cret-16")], services: [.init(name: "web", agent: "office")]
-        ) {
-            relay in
-            let pki = TestPKI(directory: relay.directory)
+            agents: [.init(id: "office", secret: "s3cret-s3cret-16")] + otherAgents,
+            services: [.init(name: "web", agent: "office")]
+        ) { relay in
+            try await body(relay, TestPKI(directory: relay.directory), echo)
+        }
+    }
+
+    @Test func tunnelWithACASignedRelayCertificate() async throws {
+        try await self.withTunnel { relay, pki, echo in
             let ca = try pki.authority("relay test CA", file: "ca")
             let server = try pki.leaf(
                 commonName: "relay.test", dns: ["relay.test"], ips: ["127.0.0.1"], issuer: ca, file: "relay")
@@ -70,13 +80,7 @@ struct TLSTests {
     }
 
     @Test func tunnelWithAPinnedSelfSignedRelayCertificateAndPrintTLSPin() async throws {
-        let echo = try await TargetServer.start(.echo)
-        defer { Task { await echo.close() } }
-        try await withFixture(
-            agents: [.init(id: "office", secret: "s3cret-s3cret-16")], services: [.init(name: "web", agent: "office")]
-        ) {
-            relay in
-            let pki = TestPKI(directory: relay.directory)
+        try await self.withTunnel { relay, pki, echo in
             let server = try pki.leaf(commonName: "relay", dns: ["relay.invalid"], issuer: nil, file: "self-signed")
             relay.proxyOptions["tls"] = self.proxyTLS(server)
             let config = try relay.writeProxyConfig()
@@ -97,13 +101,7 @@ struct TLSTests {
     }
 
     @Test func agentRefusesAWrongCANameOrPinAndSaysWhy() async throws {
-        let echo = try await TargetServer.start(.echo)
-        defer { Task { await echo.close() } }
-        try await withFixture(
-            agents: [.init(id: "office", secret: "s3cret-s3cret-16")], services: [.init(name: "web", agent: "office")]
-        ) {
-            relay in
-            let pki = TestPKI(directory: relay.directory)
+        try await self.withTunnel { relay, pki, echo in
             let ca = try pki.authority("relay test CA", file: "ca")
             let otherCA = try pki.authority("another CA", file: "other-ca")
             let server = try pki.leaf(
@@ -163,13 +161,7 @@ struct TLSTests {
     }
 
     @Test func mutualTLSBindsTheClientCertificateToTheAgentID() async throws {
-        let echo = try await TargetServer.start(.echo)
-        defer { Task { await echo.close() } }
-        try await withFixture(
-            agents: [.init(id: "office", secret: "s3cret-s3cret-16"), .init(id: "branch", secret: "s3cret-s3cret-17")],
-            services: [.init(name: "web", agent: "office")]
-        ) { relay in
-            let pki = TestPKI(directory: relay.directory)
+        try await self.withTunnel(otherAgents: [.init(id: "branch", secret: "s3cret-s3cret-17")]) { relay, pki, echo in
             let ca = try pki.authority("relay test CA", file: "ca")
             let agentsCA = try pki.authority("agents CA", file: "agents-ca")
             let server = try pki.leaf(commonName: "relay.test", ips: ["127.0.0.1"], issuer: ca, file: "relay")
@@ -233,13 +225,7 @@ struct TLSTests {
     }
 
     @Test func plaintextMeetsTLSWithAClearLineAndTheWarningAtStart() async throws {
-        let echo = try await TargetServer.start(.echo)
-        defer { Task { await echo.close() } }
-        try await withFixture(
-            agents: [.init(id: "office", secret: "s3cret-s3cret-16")], services: [.init(name: "web", agent: "office")]
-        ) {
-            relay in
-            let pki = TestPKI(directory: relay.directory)
+        try await self.withTunnel { relay, pki, echo in
             let server = try pki.leaf(commonName: "relay", ips: ["127.0.0.1"], issuer: nil, file: "relay")
 
             // A plaintext relay: it warns at start; a TLS agent is told, and tells, why.
@@ -283,13 +269,7 @@ struct TLSTests {
     }
 
     @Test func reloadRereadsTheFilesOnBothDaemonsAndKeepsTheOldOnesOnABadFile() async throws {
-        let echo = try await TargetServer.start(.echo)
-        defer { Task { await echo.close() } }
-        try await withFixture(
-            agents: [.init(id: "office", secret: "s3cret-s3cret-16")], services: [.init(name: "web", agent: "office")]
-        ) {
-            relay in
-            let pki = TestPKI(directory: relay.directory)
+        try await self.withTunnel { relay, pki, echo in
             let first = try pki.leaf(commonName: "relay", ips: ["127.0.0.1"], issuer: nil, file: "first")
             let second = try pki.leaf(commonName: "relay", ips: ["127.0.0.1"], issuer: nil, file: "second")
             relay.proxyOptions["tls"] = self.proxyTLS(first)
