@@ -144,13 +144,20 @@ final class DaemonProcess: Sendable {
     /// The number of open file descriptors of the process (from /proc), pipes left out: the
     /// splice data plane keeps a bounded pool of empty pipes for the next sessions
     /// (RelayDataPlaneTests check that bound), which is no leak.
-    var openDescriptors: Int {
+    var openDescriptors: Int { self.countDescriptors { !$0.hasPrefix("pipe:") } }
+
+    /// The number of open sockets of the process: what a connection holds, without the
+    /// event loops' epoll, eventfd and timerfd descriptors, which NIO creates lazily (a TLS
+    /// handshake on a loop not used before adds three).
+    var openSockets: Int { self.countDescriptors { $0.hasPrefix("socket:") } }
+
+    private func countDescriptors(_ counted: (String) -> Bool) -> Int {
         guard let listing = try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(self.pid)/fd") else {
             return -1
         }
         return listing.filter {
             let target = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(self.pid)/fd/\($0)")
-            return target?.hasPrefix("pipe:") != true
+            return target.map(counted) ?? false
         }.count
     }
 
@@ -164,9 +171,10 @@ final class DaemonProcess: Sendable {
     }
 
     /// Waits until the descriptor count is at most `limit` (closes are asynchronous).
-    func waitForDescriptors(atMost limit: Int, timeout: Duration = .seconds(5)) async throws {
+    /// With `socketsOnly`, counts `openSockets` instead.
+    func waitForDescriptors(atMost limit: Int, socketsOnly: Bool = false, timeout: Duration = .seconds(5)) async throws {
         let deadline = ContinuousClock.now + timeout
-        while self.openDescriptors > limit {
+        while (socketsOnly ? self.openSockets : self.openDescriptors) > limit {
             guard ContinuousClock.now < deadline else {
                 let listing = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(self.pid)/fd")) ?? []
                 let targets = listing.compactMap {
