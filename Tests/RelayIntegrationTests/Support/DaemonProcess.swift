@@ -172,7 +172,8 @@ final class DaemonProcess: Sendable {
 
     /// Waits until the descriptor count is at most `limit` (closes are asynchronous).
     /// With `socketsOnly`, counts `openSockets` instead.
-    func waitForDescriptors(atMost limit: Int, socketsOnly: Bool = false, timeout: Duration = .seconds(5)) async throws {
+    func waitForDescriptors(atMost limit: Int, socketsOnly: Bool = false, timeout: Duration = .seconds(5)) async throws
+    {
         let deadline = ContinuousClock.now + timeout
         while (socketsOnly ? self.openSockets : self.openDescriptors) > limit {
             guard ContinuousClock.now < deadline else {
