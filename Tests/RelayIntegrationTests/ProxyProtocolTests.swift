@@ -117,7 +117,7 @@ struct ProxyProtocolTests {
             relay in
             relay.serviceOptions["web"] = ["acceptProxyProtocol": ["127.0.0.1/32"]]
             try await relay.startProxy()
-            try await relay.startAgent(
+            let agent = try await relay.startAgent(
                 id: "office", services: [:], options: Self.agentOptions(port: target.port, version: "v1", plane: plane))
             let port = relay.servicePort("web")
             let header = "PROXY TCP4 203.0.113.7 198.51.100.1 4242 80\r\n"
@@ -126,7 +126,15 @@ struct ProxyProtocolTests {
             let trusted = try RawClient(from: "127.0.0.1", port: port)
             try trusted.send(header + "hello")
             let expected = "PROXY TCP4 203.0.113.7 127.0.0.1 4242 \(port)\r\nhello"
-            let received = try await target.waitForBytes(atLeast: expected.utf8.count)
+            let received: [UInt8]
+            do {
+                received = try await target.waitForBytes(atLeast: expected.utf8.count, timeout: .seconds(10))
+            } catch {
+                // The daemons' last lines say where the session stopped.
+                let relayLog = relay.proxy.lines(containing: "").suffix(12).joined(separator: "\n")
+                let agentLog = agent.lines(containing: "").suffix(12).joined(separator: "\n")
+                throw HarnessError("\(error)\nrelay:\n\(relayLog)\nagent:\n\(agentLog)")
+            }
             #expect(String(decoding: received, as: UTF8.self) == expected)
             let sessions = try await Relayctl.json(["--socket", relay.proxySocket, "sessions"]) as? [[String: Any]]
             let client = sessions?.first?["client"] as? String
