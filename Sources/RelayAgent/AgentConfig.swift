@@ -10,6 +10,9 @@ public struct AgentConfig: Sendable, DaemonSettings {
         public var name: String
         /// The TCP server this service leads to (resolved when dialled).
         public var target: HostPort
+        /// The PROXY protocol header written to the target before any client byte
+        /// (`proxyProtocol`: "v1" or "v2"); nil: none.
+        public var proxyProtocol: ProxyHeader.Version? = nil
     }
 
     /// The default config file.
@@ -103,16 +106,17 @@ public struct AgentConfig: Sendable, DaemonSettings {
             reader.problem("$.services", "at most \(ProtocolLimits.maxServicesPerAgent) services")
         }
         for (path, object) in items {
-            reader.rejectUnknownKeys(object, at: path, allowed: ["name", "target"])
+            reader.rejectUnknownKeys(object, at: path, allowed: ["name", "target", "proxyProtocol"])
             let name = reader.name(object, "name", at: path)
             let target = reader.address(object, "target", at: path, allowPortZero: false)
+            let proxyProtocol = reader.proxyProtocol(object, at: path)
             if let name, let first = paths[name] {
                 reader.problem("\(path).name", "duplicate service name '\(name)' (first at \(first))")
                 continue
             }
             guard let name, let target else { continue }
             paths[name] = path
-            services.append(Service(name: name, target: target))
+            services.append(Service(name: name, target: target, proxyProtocol: proxyProtocol))
         }
 
         let interval = reader.seconds(root, "heartbeatIntervalSeconds", at: "$", default: 10, range: 0.05...3600)

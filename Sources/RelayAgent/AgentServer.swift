@@ -237,6 +237,7 @@ public final class AgentServer: Service, Sendable {
                 reconnect = true
             }
         }
+        changes += new.proxyProtocolChanges(from: old)
         for name in oldServices.keys.sorted() where newServices[name] == nil {
             let live = self.state.sessions.filter { $0.service == name }
             let removal: SessionStateMachine.Removal = new.removedServiceSessions == .close ? .close : .drain

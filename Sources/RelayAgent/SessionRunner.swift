@@ -63,9 +63,21 @@ struct SessionRunner {
         // S9 and S10 at once: the target and a fresh data channel to the relay are dialled
         // together (one round trip less per session); `attach` waits for both, so that a
         // target that is down is still refused with its reason and never attached.
+        // With `proxyProtocol`, the header goes to the target as soon as it is connected,
+        // before the data plane moves any byte (servers that speak first get it too).
+        let header = service.proxyProtocol.map { version in
+            ProxyHeader(
+                source: ProxyHeader.Endpoint(connect.client),
+                destination: connect.server.flatMap { ProxyHeader.Endpoint($0) },
+                tlvs: [
+                    .init(type: ProxyHeader.agentIDType, value: Array(config.id.utf8)),
+                    .init(type: ProxyHeader.serviceType, value: Array(service.name.utf8)),
+                ]
+            ).encode(version)
+        }
         let attach = await self.dial(
-            session, first: session.start(), target: service.target, timeout: timeout, tuning: config.tcp,
-            handle: handle)
+            session, first: session.start(), target: service.target, header: header, timeout: timeout,
+            tuning: config.tcp, handle: handle)
         guard attach, let data = session.dataLinkForAttach, let target = session.targetSocket else { return }
 
         if let rejected = await self.attach(connect, secret: control.secret, link: data, timeout: timeout) {
@@ -109,8 +121,9 @@ struct SessionRunner {
     /// as it comes; true when the machine then asks for `attach`. Dials still running when
     /// the session ends are cancelled.
     private func dial(
-        _ session: AgentSession, first: [SessionStateMachine.Action], target: HostPort, timeout: Duration,
-        tuning: TCPTuning, handle: @escaping @Sendable (SessionStateMachine.Event) -> [SessionStateMachine.Action]
+        _ session: AgentSession, first: [SessionStateMachine.Action], target: HostPort, header: [UInt8]?,
+        timeout: Duration, tuning: TCPTuning,
+        handle: @escaping @Sendable (SessionStateMachine.Event) -> [SessionStateMachine.Action]
     ) async -> Bool {
         let relay = self.state.config.relay
         let tls = self.state.config.tls
@@ -119,7 +132,10 @@ struct SessionRunner {
             func start(_ actions: [SessionStateMachine.Action]) {
                 if actions.contains(.dialTarget) {
                     tasks.addTask {
-                        .target(await Self.result { try await SocketIO.dial(target, timeout: timeout, tuning: tuning) })
+                        .target(
+                            await Self.result {
+                                try await Self.dialTarget(target, header: header, timeout: timeout, tuning: tuning)
+                            })
                     }
                 }
                 if actions.contains(.dialDataChannel) {
@@ -156,6 +172,23 @@ struct SessionRunner {
             }
             return attach
         }
+    }
+
+    /// Connects to the target and writes `header` (a PROXY header) on it, all within `timeout`;
+    /// a header the socket did not take whole fails the dial.
+    private static func dialTarget(
+        _ target: HostPort, header: [UInt8]?, timeout: Duration, tuning: TCPTuning
+    ) async throws -> OwnedSocket {
+        let deadline = ContinuousClock.now + timeout
+        let socket = try await SocketIO.dial(target, timeout: timeout, tuning: tuning)
+        guard let header else { return socket }
+        do {
+            try await SocketIO.write(ByteBuffer(bytes: header), to: socket, until: deadline)
+        } catch {
+            socket.reset()
+            throw ProxyHeaderWriteFailure(reason: error.description)
+        }
+        return socket
     }
 
     /// Logs how a session ended: `session closed` once joined; before, `session refused`
@@ -227,4 +260,10 @@ struct SessionRunner {
         }
         return nil
     }
+}
+
+/// The PROXY header could not be written to a connected target.
+struct ProxyHeaderWriteFailure: Error, CustomStringConvertible {
+    let reason: String
+    var description: String { "cannot write the PROXY header: \(reason)" }
 }

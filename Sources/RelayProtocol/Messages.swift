@@ -137,9 +137,12 @@ extension ControlMessage {
         public var at: UInt64?
         /// How many milliseconds after `at` the relay stops waiting for the data channel.
         public var expiresIn: UInt64?
+        /// The relay's address the client connected to (`198.51.100.1:443`), for the PROXY
+        /// header the agent may write to the target; absent from older relays.
+        public var server: String?
         public init(
             session: String, service: String, token: String, client: String, at: UInt64? = nil,
-            expiresIn: UInt64? = nil
+            expiresIn: UInt64? = nil, server: String? = nil
         ) {
             self.session = session
             self.service = service
@@ -147,6 +150,7 @@ extension ControlMessage {
             self.client = client
             self.at = at
             self.expiresIn = expiresIn
+            self.server = server
         }
     }
 

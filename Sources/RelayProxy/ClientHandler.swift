@@ -13,8 +13,14 @@ struct ClientHandler {
 
     /// Handles the connection until the session ends; the client is closed on every path.
     func handle(_ socket: OwnedSocket, service: String) async {
-        let client = socket.remote
         var logger = self.logger
+        // A PROXY header first from a trusted load balancer gives the client's address; anyone
+        // else's is refused (docs/proxy-protocol.md).
+        guard let address = await self.clientAddress(of: socket, service: service) else {
+            socket.close()
+            return
+        }
+        let (client, trusted) = address
         // The service's allow and deny lists, before anything else: a refused client costs
         // the agent nothing.
         let rules = self.state.config.service(named: service)?.access ?? AccessRules()
@@ -52,6 +58,8 @@ struct ClientHandler {
             return
         }
         defer { self.state.removeSession(session) }
+        // A header that arrives later from an untrusted source is looked for at the join.
+        if !trusted { session.refusesProxyHeader = true }
         logger[metadataKey: "session"] = "\(session.id)"
         logger.info("session open", metadata: ["service": "\(service)", "client": "\(client)", "agent": "\(link.id)"])
 
@@ -61,7 +69,7 @@ struct ClientHandler {
         // session stops waiting, so that a stalled agent drops it instead of dialling.
         let connect = ControlMessage.Connect(
             session: session.id, service: service, token: session.token, client: client,
-            expiresIn: UInt64(session.attachTimeout * 1000))
+            expiresIn: UInt64(session.attachTimeout * 1000), server: socket.local)
         if !link.send(.connect(connect)) { session.handle(.connectNotSent) }
         let data: DataLink
         do {
@@ -90,6 +98,7 @@ struct ClientHandler {
             session.handle(.failed(endpoint == .first ? .first : .second, why))
         }
         session.handle(.connectionsClosed)
+        if session.refusedProxyHeader { self.refuseUnexpectedHeader(from: socket, service: service) }
         let reason = session.end?.description ?? "closed"
         logger.sessionClosed(meter: session.meter, started: session.started, reason: reason)
         if reason.contains("sessionIdleTimeoutSeconds") {

@@ -22,6 +22,9 @@ public struct ProxyConfig: Sendable, DaemonSettings {
         public var listen: HostPort
         /// Which clients may connect (`allow`, `deny`); see ``AccessRules``.
         public var access = AccessRules()
+        /// The sources whose connections start with a PROXY header giving the client's
+        /// address (`acceptProxyProtocol`); empty: none.
+        public var acceptProxyProtocol: [AddressRange] = []
     }
 
     /// The default config file.
@@ -129,10 +132,12 @@ public struct ProxyConfig: Sendable, DaemonSettings {
         var listenPaths: [HostPort: String] = [:]
         if let listen, listen.port != 0 { listenPaths[listen] = "$.listen" }
         for (path, object) in reader.objects(root, "services", at: "$") {
-            reader.rejectUnknownKeys(object, at: path, allowed: ["name", "agent", "listen", "allow", "deny"])
+            reader.rejectUnknownKeys(
+                object, at: path, allowed: ["name", "agent", "listen", "allow", "deny", "acceptProxyProtocol"])
             let access = AccessRules(
                 allow: reader.addressRanges(object, "allow", at: path),
                 deny: reader.addressRanges(object, "deny", at: path))
+            let acceptProxyProtocol = reader.acceptProxyProtocol(object, at: path)
             let name = reader.name(object, "name", at: path)
             let agent = reader.name(object, "agent", at: path)
             let address = reader.address(object, "listen", at: path)
@@ -151,7 +156,10 @@ public struct ProxyConfig: Sendable, DaemonSettings {
             }
             guard let name, let agent, let address, servicePaths[name] == nil else { continue }
             servicePaths[name] = path
-            services.append(Service(name: name, agent: agent, listen: address, access: access))
+            services.append(
+                Service(
+                    name: name, agent: agent, listen: address, access: access, acceptProxyProtocol: acceptProxyProtocol)
+            )
         }
 
         let interval = reader.seconds(root, "heartbeatIntervalSeconds", at: "$", default: 10, range: 0.05...3600)

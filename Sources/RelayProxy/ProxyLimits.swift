@@ -81,6 +81,7 @@ public struct ProxyLimits: Sendable, Equatable {
             (LimitName.pendingSessionsPerService, Double(self.maxPendingSessionsPerService)),
             (LimitName.sessionIdleTimeout, sessionIdleTimeout),
             (LimitName.serviceAccess, nil),
+            (LimitName.proxyProtocol, nil),
         ]
     }
 }
@@ -98,4 +99,7 @@ enum LimitName {
     static let sessionIdleTimeout = "sessionIdleTimeoutSeconds"
     /// Clients refused by a service's `allow`/`deny` (no maximum: every refusal counts).
     static let serviceAccess = "serviceAccess"
+    /// Clients refused for a PROXY header: one from a source outside `acceptProxyProtocol`,
+    /// or a bad or late one from a source inside it (no maximum: every refusal counts).
+    static let proxyProtocol = "proxyProtocol"
 }

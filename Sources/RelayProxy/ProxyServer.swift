@@ -200,6 +200,8 @@ public final class ProxyServer: Service, Sendable {
             }
         }
 
+        changes += new.acceptProxyProtocolChanges(from: old)
+
         // Agents removed must go; a rotated secret keeps the old one accepted for the grace
         // window (the agent's channel stays), or, without a window, makes it authenticate again.
         for agent in old.agents {

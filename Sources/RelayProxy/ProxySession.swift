@@ -87,6 +87,9 @@ final class ProxySession: Sendable {
     /// The pump's limits, from the config in force when the session opened.
     let pumpLimits: PumpLimits
     private let core: Mutex<Core>
+    /// Whether the client is looked at for a PROXY header at the join (its source is not in
+    /// `acceptProxyProtocol`), and whether one was found there.
+    private let proxyHeaderCheck = Mutex((check: false, found: false))
 
     /// A started session: its attach timer runs; the caller sends `connect` (S7).
     init(
@@ -195,6 +198,24 @@ final class ProxySession: Sendable {
         self.handle(.connectionsClosed)
     }
 
+    /// Set before `connect` is sent: at the join, bytes of the client that start like a PROXY
+    /// header reset it instead of reaching the agent (docs/proxy-protocol.md).
+    var refusesProxyHeader: Bool {
+        get { self.proxyHeaderCheck.withLock { $0.check } }
+        set { self.proxyHeaderCheck.withLock { $0.check = newValue } }
+    }
+
+    /// Whether the join found a PROXY header from a source outside `acceptProxyProtocol`.
+    var refusedProxyHeader: Bool { self.proxyHeaderCheck.withLock { $0.found } }
+
+    /// At the join, before the data plane reads the client: its early bytes, if they start
+    /// like a PROXY header it may not send, reset it (the pump then ends at once).
+    private func refuseEarlyProxyHeader() {
+        guard self.refusesProxyHeader, ProxyHeaderReader.headerArrived(on: self.clientSocket) else { return }
+        self.proxyHeaderCheck.withLock { $0.found = true }
+        self.clientSocket.reset()
+    }
+
     // MARK: - Reading
 
     /// The current phase.
@@ -240,6 +261,7 @@ final class ProxySession: Sendable {
                         return core.link
                     })
                 else { break }
+                self.refuseEarlyProxyHeader()
                 // Started right here, by the task that joined: the client's task is woken
                 // only to await the outcome, not on the way of the session's first byte.
                 if let dataPlane = self.dataPlane {

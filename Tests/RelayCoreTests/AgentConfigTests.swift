@@ -100,7 +100,7 @@ import Testing
                 "$.control: must not be empty",
                 "$.services[4]: must be an object, not an array",
                 "$.services[1].name: duplicate service name 'web' (first at $.services[0])",
-                "$.services[2].port: unknown key (allowed: name, target)",
+                "$.services[2].port: unknown key (allowed: name, proxyProtocol, target)",
                 "$.services[2].target: bad address '127.0.0.1:0': the port must be a number from 1 to 65535",
                 "$.services[3].name: '' is not a valid name: use \(Self.nameRule)",
                 "$.services[3].target: bad address '[::1]': expected ':PORT' after ']'",

@@ -95,7 +95,7 @@ import Testing
                     + "maxUnauthenticatedConnectionsPerSource, metrics, removedServiceSessions, secretRotationGraceSeconds, "
                     + "services, sessionIdleTimeoutSeconds, tcpKeepaliveSeconds, tcpUserTimeoutSeconds, tls)",
                 "$.agents[0].secert: unknown key (allowed: id, secret, secretCredential, secretFile)",
-                "$.services[0].target: unknown key (allowed: agent, allow, deny, listen, name)",
+                "$.services[0].target: unknown key (allowed: acceptProxyProtocol, agent, allow, deny, listen, name)",
             ])
     }
 

@@ -9,6 +9,7 @@ let targets: [String: @Sendable ([UInt8]) -> Void] = [
     "attach": AttachTarget.run,
     "control-request": ControlRequestTarget.run,
     "config": ConfigTarget.run,
+    "proxy-header": ProxyHeaderTarget.run,
 ]
 
 nonisolated(unsafe) var selected: (@Sendable ([UInt8]) -> Void)?
