@@ -86,6 +86,13 @@ public enum Network {
             .connectTimeout(timeout)
             .channelOption(.allowRemoteHalfClosure, value: true)
             .channelOption(.tcpOption(.tcp_nodelay), value: 1)
+        // An address literal needs no resolver: NIO's would start a thread for each dial
+        // (a TLS data channel is dialled once per session).
+        if let literal = try? SocketAddress(ipAddress: address.host, port: address.port) {
+            return try await bootstrap.connect(to: literal) { channel in
+                self.wrap(channel, tuning: tuning, role: role, prepare: prepare)
+            }
+        }
         guard address.isLocalhost else {
             return try await bootstrap.connect(host: address.host, port: address.port) { channel in
                 self.wrap(channel, tuning: tuning, role: role, prepare: prepare)
