@@ -9,13 +9,16 @@ extension ClientHandler {
     /// (within `handshakeTimeoutSeconds`) and names the client (a v2 LOCAL header, v1
     /// UNKNOWN or a family other than IPv4/IPv6 keep the connection's own address); from any
     /// other source, bytes that already arrived and start like a header refuse the client.
+    /// A service without `acceptProxyProtocol` looks at nothing: its bytes pass through as
+    /// they came (`trusted` true), whatever they are.
     /// Nil when the client is refused (logged, at most once a minute per source); the caller
     /// closes it.
     func clientAddress(of socket: OwnedSocket, service: String) async -> (client: String, trusted: Bool)? {
         let config = self.state.config
         let trusted = config.service(named: service)?.acceptProxyProtocol ?? []
         let source = socket.remote
-        guard !trusted.isEmpty, AccessRules(allow: trusted).decide(endpoint: source) == .admitted else {
+        guard !trusted.isEmpty else { return (source, true) }
+        guard AccessRules(allow: trusted).decide(endpoint: source) == .admitted else {
             if ProxyHeaderReader.headerArrived(on: socket) {
                 self.state.telemetry.service(service).sessionRefused(reason: "proxy_protocol")
                 self.refuseUnexpectedHeader(from: socket, service: service)

@@ -105,6 +105,25 @@ struct ProxyProtocolTests {
 
     // MARK: - acceptProxyProtocol
 
+    /// A service without `acceptProxyProtocol` is transparent: a client's PROXY header is
+    /// data like any other and reaches the target as sent.
+    @Test func withoutTheKeyAHeaderPassesThrough() async throws {
+        let target = try await RecordingTarget.start(banner: nil)
+        defer { Task { await target.close() } }
+        try await withFixture(agents: Self.agents, services: Self.services) { relay in
+            try await relay.startProxy()
+            try await relay.startAgent(
+                id: "office", services: [:],
+                options: Self.agentOptions(port: target.port, version: nil, plane: "splice"))
+            let client = try RawClient(from: "127.0.0.2", port: relay.servicePort("web"))
+            let sent = "PROXY TCP4 203.0.113.7 198.51.100.1 4242 80\r\npassed"
+            try client.send(sent)
+            #expect(try await target.waitForText(sent))
+            #expect(relay.proxy.lines(containing: "not in acceptProxyProtocol").isEmpty)
+            client.close()
+        }
+    }
+
     /// From a listed source, a v1 header names the client: the session's `client` in
     /// `relayctl sessions` and the agent's header at the target carry it. The same header
     /// from another source is closed and never reaches the target; a bad header from a
