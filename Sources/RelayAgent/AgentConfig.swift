@@ -20,8 +20,14 @@ public struct AgentConfig: Sendable, DaemonSettings {
     /// The default control socket for relayctl.
     public static let defaultControlSocket = "/run/relay/agent.sock"
 
-    /// The relay's agent port (resolved at each connection attempt).
-    public var relay: HostPort
+    /// The relays' agent ports (`relay`, or `relays` for several: high availability,
+    /// docs/high-availability.md), each resolved at each connection attempt; never empty.
+    /// The agent keeps one control channel to each.
+    public var relays: [HostPort]
+    /// The first of ``relays`` (the only one, with `relay`).
+    public var relay: HostPort { self.relays[0] }
+    /// The most relays `relays` may name.
+    public static let maxRelays = 16
     /// This agent's id.
     public var id: String
     /// The shared secret.
@@ -68,7 +74,23 @@ public struct AgentConfig: Sendable, DaemonSettings {
     public var sessionIdleTimeout = PumpLimits.defaultSessionIdleTimeout
     /// TLS 1.3 on the agent port (`tls`: how the relay is verified, and a client certificate
     /// for mutual TLS); nil: plaintext. A reload re-reads its files for the connections after it.
-    public var tls: AgentTLS? = nil
+    public var tls: AgentTLS? = nil {
+        didSet { self.relayTLS = Self.perRelay(self.tls, self.relays) }
+    }
+    /// `tls` for each relay: its own default server name and its own TLS tickets.
+    private var relayTLS: [HostPort: AgentTLS] = [:]
+
+    /// The TLS settings a connection to `relay` uses; nil: plaintext.
+    public func tls(for relay: HostPort) -> AgentTLS? {
+        self.relayTLS[relay] ?? self.tls
+    }
+
+    private static func perRelay(_ tls: AgentTLS?, _ relays: [HostPort]) -> [HostPort: AgentTLS] {
+        guard let tls else { return [:] }
+        var result: [HostPort: AgentTLS] = [:]
+        for (index, relay) in relays.enumerated() { result[relay] = index == 0 ? tls : tls.forRelay(host: relay.host) }
+        return result
+    }
 
     /// The limits a session opened now runs with.
     public var pumpLimits: PumpLimits {
@@ -76,7 +98,8 @@ public struct AgentConfig: Sendable, DaemonSettings {
     }
 
     static let topLevelKeys: Set<String> = Set([
-        "relay", "id", "secret", "secretFile", "secretCredential", "control", "services", "heartbeatIntervalSeconds",
+        "relay", "relays", "id", "secret", "secretFile", "secretCredential", "control", "services",
+        "heartbeatIntervalSeconds",
         "heartbeatTimeoutSeconds", "connectTimeoutSeconds", "reconnectInitialDelaySeconds",
         "reconnectMaxDelaySeconds", "drainTimeoutSeconds", "metrics",
     ])
@@ -93,7 +116,10 @@ public struct AgentConfig: Sendable, DaemonSettings {
 
     static func read(_ root: [String: JSONValue], reader: ConfigReader) -> AgentConfig? {
         reader.rejectUnknownKeys(root, at: "$", allowed: Self.topLevelKeys)
-        let relay = reader.address(root, "relay", at: "$", allowPortZero: false)
+        let relays = reader.oneOrList(root, single: "relay", list: "relays", at: "$", maxCount: Self.maxRelays) {
+            reader.address($0, at: $1, allowPortZero: false)
+        }?.map(\.value)
+        let relay = relays?.first
         let id = reader.name(root, "id", at: "$")
         let secret = reader.secret(root, at: "$")
         let control = reader.string(root, "control", at: "$", required: false) ?? Self.defaultControlSocket
@@ -142,9 +168,9 @@ public struct AgentConfig: Sendable, DaemonSettings {
         let idle = reader.sessionIdleTimeout(root)
         let tls = reader.agentTLS(root, relayHost: relay?.host)
 
-        guard let relay, let id, let secret, reader.problems.isEmpty else { return nil }
-        return AgentConfig(
-            relay: relay,
+        guard let relays, let id, let secret, reader.problems.isEmpty else { return nil }
+        var config = AgentConfig(
+            relays: relays,
             id: id,
             secret: secret,
             control: control,
@@ -161,9 +187,10 @@ public struct AgentConfig: Sendable, DaemonSettings {
             removedServiceSessions: removedRule,
             dataPlane: dataPlane,
             maxSessions: maxSessions,
-            sessionIdleTimeout: idle,
-            tls: tls
+            sessionIdleTimeout: idle
         )
+        config.tls = tls
+        return config
     }
 
     /// The service named `name`.

@@ -17,6 +17,9 @@ final class AgentControlChannel: ControlChannelHandler {
     }
 
     private let config: AgentConfig
+    /// The relay this channel goes to; data channels for its `connect`s go there too (with
+    /// the TLS settings in force when each is dialled).
+    let relay: HostPort
     private let logger: Logger
     private let deadline: Deadline
     private let loop: ControlChannelLoop
@@ -37,6 +40,7 @@ final class AgentControlChannel: ControlChannelHandler {
 
     init(
         config: AgentConfig,
+        relay: HostPort,
         logger: Logger,
         channel: any Channel,
         onRegistered: @escaping @Sendable () -> Void,
@@ -45,6 +49,7 @@ final class AgentControlChannel: ControlChannelHandler {
     ) {
         self.onExpired = onExpired
         self.config = config
+        self.relay = relay
         self.logger = logger
         self.onConnect = onConnect
         self.onRegistered = onRegistered

@@ -50,7 +50,7 @@ public struct AgentControlCommands: Sendable {
     public func renderMetrics() -> String {
         let live = Dictionary(grouping: self.state.sessions, by: \.service).mapValues(\.count)
         var roundTrips: [String: Duration] = [:]
-        if let roundTrip = self.server.currentControl.withLock({ $0 })?.roundTrip {
+        if let roundTrip = self.state.relays.lazy.compactMap({ $0.control?.roundTrip }).first {
             roundTrips[self.state.config.id] = roundTrip
         }
         self.state.telemetry.refresh(liveSessions: live, roundTrips: roundTrips, agentsConnected: nil)
@@ -64,37 +64,42 @@ public struct AgentControlCommands: Sendable {
             sessionsTotal: self.state.telemetry.sessionsTotal, services: self.services(),
             isPending: { $0.dataChannel == nil })
         report.agent = config.id
-        report.relay = self.relay()
+        let relays = self.state.relays.map { self.relay($0, config: config) }
+        // `relay`: the first relay's connection (the only one, with `relay` in the config);
+        // `relays`: every relay's.
+        report.relay = relays.first
+        report.relays = relays
         return report
     }
 
-    func relay() -> RelayReport {
-        let config = self.state.config
-        let history = self.state.connectionHistory
-        let connection = self.state.connection
+    func relay(_ relay: RelayConnection, config: AgentConfig) -> RelayReport {
+        let history = relay.history
+        let condition = relay.condition
         let stateName: String
-        switch connection {
+        switch condition {
         case .connecting: stateName = "connecting"
         case .connected: stateName = "connected"
         case .waiting: stateName = "waiting"
         case .stopped: stateName = "stopped"
         }
         var report = RelayReport(
-            address: config.relay.description, state: stateName, reconnectAttempts: history.attempts)
+            address: relay.address.description, state: stateName, reconnectAttempts: history.attempts)
         report.lastError = history.lastError
         report.since = history.since
-        if let resumption = config.tls?.resumption {
+        if let resumption = config.tls(for: relay.address)?.resumption {
             report.tlsResumed = resumption.resumed
             report.tlsFullHandshakes = resumption.fullHandshakes
         }
-        switch connection {
+        let control = relay.control
+        report.sessions = self.state.sessions.filter { $0.relay == relay.address }.count
+        switch condition {
         case .connected(let since):
             report.since = since
-            if let channel = self.state.controlChannel {
+            if let channel = relay.channel {
                 report.remote = channel.remoteAddress?.displayString
                 report.local = channel.localAddress?.displayString
             }
-            report.heartbeatRoundTripSeconds = self.server.currentControl.withLock({ $0 })?.roundTrip?.inSeconds
+            report.heartbeatRoundTripSeconds = control?.roundTrip?.inSeconds
         case .waiting(let until, _):
             report.retryAt = until
         case .connecting, .stopped:
@@ -106,7 +111,7 @@ public struct AgentControlCommands: Sendable {
     func services() -> [ServiceReport] {
         let config = self.state.config
         let sessions = self.state.sessions
-        let connected = if case .connected = self.state.connection { true } else { false }
+        let connected = self.state.relays.contains(where: \.isConnected)
         return config.services.map { service in
             let telemetry = self.state.telemetry.service(service.name)
             var report = ServiceReport(
@@ -146,6 +151,7 @@ public struct AgentControlCommands: Sendable {
             bytesOut: session.meter.backward
         )
         report.target = session.target
+        report.relay = session.relay.description
         if let target = session.targetSocket {
             report.targetLocal = target.local
         }

@@ -9,8 +9,9 @@ import RelaySupport
 import ServiceLifecycle
 import Synchronization
 
-/// The agent daemon: keeps one control channel to the relay (reconnecting with backoff),
-/// serves `connect` requests as independent sessions, and drains them at shutdown.
+/// The agent daemon: keeps one control channel to each relay (each reconnecting with its
+/// own backoff), serves `connect` requests as independent sessions, each through a data
+/// channel to the relay that asked, and drains them at shutdown.
 public final class AgentServer: Service, Sendable {
     /// A connection that lasted this long, registered, resets the reconnect backoff.
     public static let stableConnectionSeconds = 5.0
@@ -23,16 +24,14 @@ public final class AgentServer: Service, Sendable {
     let logger: Logger
     private let dataPlane: (any DataPlane)?
     private let hooks: DaemonHooks
-    /// Set by a reload that needs a fresh control channel: reconnect without a backoff delay.
-    private let reconnectNow = Mutex(false)
-    /// Ends a backoff wait early when a reload changed what the agent dials with.
-    private let wakeups = Wakeup()
-    /// Connection attempts since the last successful registration.
-    let attempts = Mutex(0)
-    /// The control channel of the current connection, if any.
-    let currentControl = Mutex<AgentControlChannel?>(nil)
-    private let requests: AsyncStream<(ControlMessage.Connect, AgentControlChannel)>
-    private let requestInput: AsyncStream<(ControlMessage.Connect, AgentControlChannel)>.Continuation
+    /// What the run loop starts a task for: a session a relay asked for, or the connect
+    /// loop of a relay (at start, and when a reload adds one).
+    private enum Work: Sendable {
+        case session(ControlMessage.Connect, AgentControlChannel)
+        case relay(RelayConnection)
+    }
+    private let requests: AsyncStream<Work>
+    private let requestInput: AsyncStream<Work>.Continuation
 
     /// Creates the agent (`dataPlane` overrides the config's `dataPlane`: tests); `hooks.ready` runs once the first connection attempt is under way
     /// (a relay that is down does not delay it: the agent is running and retrying).
@@ -62,7 +61,8 @@ public final class AgentServer: Service, Sendable {
         self.logger.info(
             "relay-agent starting",
             metadata: [
-                "version": "\(RelayVersion.current)", "agent": "\(config.id)", "relay": "\(config.relay)",
+                "version": "\(RelayVersion.current)", "agent": "\(config.id)",
+                "relay": "\(config.relays.map(\.description).joined(separator: ","))",
                 "services": "\(config.services.count)",
             ]
         )
@@ -73,31 +73,40 @@ public final class AgentServer: Service, Sendable {
             state: self.state, group: self.group, dataPlane: self.dataPlane ?? config.dataPlane.make(group: self.group),
             logger: self.logger)
         await withDiscardingTaskGroup { group in
-            group.addTask { await self.connectLoop() }
+            for relay in self.state.relays { group.addTask { await self.connectLoop(relay) } }
             group.addTask { await self.shutdownWhenAsked() }
             self.life.addHelpers(
                 to: &group, eventLoops: self.group, apply: { self.applyReload() }, statusLine: { self.statusLine() })
             self.hooks.ready()
             // Sessions are independent of the control channel that asked for them. The
             // stream ends once shutdown has drained them; then the helpers above stop.
-            for await (connect, control) in self.requests {
-                // On the readiness loop's thread: dials, attach and hand-over without a thread hop.
-                group.addTask(executorPreference: SocketIO.readiness) { await runner.run(connect, control: control) }
+            for await work in self.requests {
+                switch work {
+                case .session(let connect, let control):
+                    // On the readiness loop's thread: dials, attach and hand-over without a thread hop.
+                    group.addTask(executorPreference: SocketIO.readiness) {
+                        await runner.run(connect, control: control)
+                    }
+                case .relay(let relay):
+                    group.addTask { await self.connectLoop(relay) }
+                }
             }
             group.cancelAll()
         }
         self.logger.info("relay-agent stopped")
     }
 
-    /// Keeps a control channel to the relay until shutdown (S1–S4, again after every loss).
-    /// Every attempt dials with the config in force at that moment, so a reload that changes
-    /// the relay, the id, the secret, the services or the heartbeats applies at the next
-    /// connection; a reload during a backoff wait ends the wait.
-    private func connectLoop() async {
+    /// Keeps a control channel to `relay` until shutdown, or until a reload removes the
+    /// relay (S1–S4, again after every loss). Every attempt dials with the config in force at
+    /// that moment, so a reload that changes the id, the secret, the services or the
+    /// heartbeats applies at the next connection; a reload during a backoff wait ends the wait.
+    private func connectLoop(_ relay: RelayConnection) async {
         var config = self.state.config
         var backoff = Self.backoff(for: config)
         var attempt = 0
-        while !self.state.isShuttingDown {
+        var logger = self.logger
+        if config.relays.count > 1 { logger[metadataKey: "relay"] = "\(relay.address)" }
+        while !self.state.isShuttingDown && !relay.isRemoved {
             let current = self.state.config
             if (current.reconnectInitialDelay, current.reconnectMaxDelay)
                 != (config.reconnectInitialDelay, config.reconnectMaxDelay)
@@ -106,46 +115,42 @@ public final class AgentServer: Service, Sendable {
             }
             config = current
             attempt += 1
-            self.state.connection = .connecting(attempt: attempt)
+            self.state.set(relay, .connecting(attempt: attempt))
             let started = ContinuousClock.now
             let reason: String
             do {
                 let connection = try await Network.dial(
-                    config.relay, timeout: .fromSeconds(config.connectTimeout), group: self.group, tuning: config.tcp,
-                    role: .control, tls: config.tls)
-                guard self.state.setControlChannel(connection.channel) else {
+                    relay.address, timeout: .fromSeconds(config.connectTimeout), group: self.group,
+                    tuning: config.tcp, role: .control, tls: config.tls(for: relay.address))
+                guard self.state.setControlChannel(connection.channel, of: relay), !relay.isRemoved else {
                     // Shutting down: close it the only way an NIOAsyncChannel may be dropped.
+                    _ = self.state.setControlChannel(nil, of: relay)
                     try? await connection.executeThenClose { _, _ in }
                     break
                 }
                 // A reload during the dial found no channel to close: this one was dialled
                 // with the old config, so it is dropped and the new config dialled at once.
-                if self.reconnectNow.withLock({ flag in
-                    defer { flag = false }
-                    return flag
-                }) {
-                    _ = self.state.setControlChannel(nil)
+                if relay.takeReconnectNow() {
+                    _ = self.state.setControlChannel(nil, of: relay)
                     try? await connection.executeThenClose { _, _ in }
-                    self.logger.info("reconnecting with the reloaded config: it changed during the connection attempt")
+                    logger.info("reconnecting with the reloaded config: it changed during the connection attempt")
                     continue
                 }
                 let control = AgentControlChannel(
                     config: config,
-                    logger: self.logger,
+                    relay: relay.address,
+                    logger: logger,
                     channel: connection.channel,
-                    onRegistered: {
-                        self.state.connection = .connected(since: Date())
-                        self.attempts.withLock { $0 = 0 }
-                    },
-                    onConnect: { [requestInput] in requestInput.yield(($0, $1)) },
+                    onRegistered: { [state = self.state] in state.set(relay, .connected(since: Date())) },
+                    onConnect: { [requestInput] in requestInput.yield(.session($0, $1)) },
                     onExpired: { [state = self.state] in
                         state.telemetry.service($0.service).sessionRefused(reason: "connect_expired")
                     }
                 )
-                self.currentControl.withLock { $0 = control }
+                relay.control = control
                 let outcome = await control.run(connection)
-                self.currentControl.withLock { $0 = nil }
-                _ = self.state.setControlChannel(nil)
+                relay.control = nil
+                _ = self.state.setControlChannel(nil, of: relay)
                 reason = outcome.reason
                 if outcome.registered {
                     attempt = 0
@@ -155,28 +160,30 @@ public final class AgentServer: Service, Sendable {
                 // "relay 127.0.0.1:7835 failed TLS verification: …": the relay is not talked to.
                 reason = failure.description
             } catch {
-                reason = "cannot connect to \(config.relay): \(Network.describe(error))"
+                reason = "cannot connect to \(relay.address): \(Network.describe(error))"
             }
             guard !self.state.isShuttingDown else { break }
-            if self.reconnectNow.withLock({ flag in
-                defer { flag = false }
-                return flag
-            }) {
-                self.logger.info("reconnecting with the reloaded config: \(reason)")
+            if relay.isRemoved {
+                logger.info(
+                    "relay removed from the config: its control channel is closed", metadata: ["reason": "\(reason)"])
+                break
+            }
+            if relay.takeReconnectNow() {
+                logger.info("reconnecting with the reloaded config: \(reason)")
                 continue
             }
             let delay = backoff.next()
-            self.state.connection = .waiting(until: Date() + delay.inSeconds, lastError: reason)
-            self.logger.warning(
+            self.state.set(relay, .waiting(until: Date() + delay.inSeconds, lastError: reason))
+            logger.warning(
                 "relay connection lost: \(reason)",
                 metadata: ["retryInSeconds": "\(String(cFormat: "%.3f", delay.inSeconds))"]
             )
-            switch await self.wakeups.sleep(for: delay) {
+            switch await relay.wakeups.sleep(for: delay) {
             case .cancelled: return
             case .elapsed: break
             case .woken:
-                self.reconnectNow.withLock { $0 = false }
-                self.logger.info("reconnecting now with the reloaded config")
+                _ = relay.takeReconnectNow()
+                if !relay.isRemoved { logger.info("reconnecting now with the reloaded config") }
             }
         }
     }
@@ -190,7 +197,7 @@ public final class AgentServer: Service, Sendable {
     private func shutdownWhenAsked() async {
         let graceful = await self.life.waitForShutdown()
         let drainTimeout = self.state.config.drainTimeout
-        self.state.beginShutdown()?.close(promise: nil)
+        for channel in self.state.beginShutdown() { channel.close(promise: nil) }
         let live = self.state.sessions.count
         self.logger.info("shutting down", metadata: ["sessions": "\(live)", "drainTimeoutSeconds": "\(drainTimeout)"])
         // Every session drains, pending ones too: they may still attach.
@@ -215,10 +222,7 @@ public final class AgentServer: Service, Sendable {
         case .failure(let refused): return refused.outcome
         }
         var reconnect = false
-        if new.relay != old.relay {
-            changes.append("relay is now \(new.relay)")
-            reconnect = true
-        }
+        let relayChange = self.state.replaceRelays(with: new.relays)
         if new.id != old.id {
             changes.append("agent id is now '\(new.id)'")
             reconnect = true
@@ -261,32 +265,47 @@ public final class AgentServer: Service, Sendable {
             ])
         if let change = TLSNotes.reloadChange(old: old.tls?.summary, new: new.tls?.summary) { changes.append(change) }
         self.state.config = new
+        // A removed relay's channel closes (the sessions it asked for go on until they end);
+        // an added one gets its own connect loop, dialled with the new config.
+        if old.relays.count == 1, new.relays.count == 1, new.relay != old.relay {
+            changes.append("relay is now \(new.relay)")
+        } else {
+            for relay in relayChange.removed {
+                changes.append("relay \(relay.address) removed (its control channel closes; its sessions go on)")
+            }
+            for relay in relayChange.added { changes.append("relay \(relay.address) added") }
+        }
+        for relay in relayChange.removed { relay.remove() }
+        for relay in relayChange.added { self.requestInput.yield(.relay(relay)) }
         if reconnect {
             // A fresh control channel registers the new identity and services; sessions go on.
-            self.reconnectNow.withLock { $0 = true }
-            if let channel = self.state.controlChannel {
-                channel.close(promise: nil)
-                changes.append("control channel reconnecting")
-            } else {
-                self.wakeups.wake()
-                changes.append("reconnecting now")
+            let added = Set(relayChange.added.map(\.address))
+            var closed = false
+            for relay in self.state.relays where !added.contains(relay.address) {
+                if relay.reconnect() { closed = true }
             }
+            changes.append(closed ? "control channel reconnecting" : "reconnecting now")
         }
         return ReloadOutcome(applied: true, changes: changes)
     }
 
-    /// The STATUS line.
+    /// The STATUS line: the first relay's state, and how many relays are connected when
+    /// there are several.
     private func statusLine() -> String {
         let config = self.state.config
         let services = "\(config.services.count) services, \(self.state.sessions.count) sessions"
-        switch self.state.connection {
+        let relays = self.state.relays
+        guard let first = relays.first else { return "no relay, \(services)" }
+        let others =
+            relays.count > 1 ? " (\(relays.filter(\.isConnected).count)/\(relays.count) relays connected)" : ""
+        switch first.condition {
         case .connected:
-            return "connected to \(config.relay), \(services)"
+            return "connected to \(first.address)\(others), \(services)"
         case .connecting(let attempt):
-            return "connecting to \(config.relay) (attempt \(attempt)), \(services)"
+            return "connecting to \(first.address) (attempt \(attempt))\(others), \(services)"
         case .waiting(let until, let error):
             let seconds = max(0, Int(until.timeIntervalSinceNow.rounded(.up)))
-            return "reconnecting in \(seconds) s: \(error)"
+            return "reconnecting in \(seconds) s: \(error)\(others)"
         case .stopped:
             return "stopping, \(services)"
         }

@@ -29,6 +29,8 @@ final class AgentSession: Sendable {
     let service: String
     let client: String
     let target: String
+    /// The relay that asked for the session; its data channel goes there.
+    let relay: HostPort
     let startedAt = Date()
     let started = ContinuousClock.now
     /// Forward: relay → target (bytes in); backward: target → relay (bytes out).
@@ -37,10 +39,11 @@ final class AgentSession: Sendable {
     private let core: Mutex<Core>
 
     init(
-        id: String, service: String, client: String, target: String, telemetry: ServiceTelemetry,
+        id: String, service: String, client: String, target: String, relay: HostPort, telemetry: ServiceTelemetry,
         halfCloseTimeout: Double = 0, dialsInParallel: Bool = true
     ) {
         self.id = id
+        self.relay = relay
         self.service = service
         self.client = client
         self.target = target
@@ -143,28 +146,14 @@ final class AgentSession: Sendable {
     }
 }
 
-/// The agent's shared state: its connection to the relay and its live sessions.
+/// The agent's shared state: its connections to the relays and its live sessions.
 final class AgentState: Sendable {
-    /// The control channel's condition, as `relayctl status` reports it.
-    enum Connection: Sendable, Equatable {
-        case connecting(attempt: Int)
-        case connected(since: Date)
-        case waiting(until: Date, lastError: String)
-        case stopped
-    }
-
     private struct Store {
         var config: AgentConfig
-        var connection: Connection = .connecting(attempt: 1)
-        var controlChannel: (any Channel)?
+        /// One per relay of the config, in its order.
+        var relays: [RelayConnection]
         var sessions: [String: AgentSession] = [:]
         var shuttingDown = false
-        /// The attempt number of the current or last connection attempt.
-        var attempts = 0
-        /// Why the last connection ended or failed.
-        var lastError: String?
-        /// When the current connection state began.
-        var stateSince = Date()
     }
 
     private let store: Mutex<Store>
@@ -174,7 +163,7 @@ final class AgentState: Sendable {
     let limits: LimitCounters
 
     init(config: AgentConfig, limits: LimitCounters = LimitCounters()) {
-        self.store = Mutex(Store(config: config))
+        self.store = Mutex(Store(config: config, relays: config.relays.map(RelayConnection.init(address:))))
         self.limits = limits
         limits.observe(self.telemetry.limitHit)
         Self.declareLimits(of: config, in: limits)
@@ -196,30 +185,42 @@ final class AgentState: Sendable {
         ])
     }
 
-    /// The live control channel, if any.
-    var controlChannel: (any Channel)? { self.store.withLock { $0.controlChannel } }
+    /// The relays the agent keeps control channels to, in the config's order.
+    var relays: [RelayConnection] { self.store.withLock { $0.relays } }
 
-    var connection: Connection {
-        get { self.store.withLock { $0.connection } }
-        set {
-            let (wasConnected, agent) = self.store.withLock { store in
-                let was = if case .connected = store.connection { true } else { false }
-                if case .connecting(let attempt) = newValue { store.attempts = attempt }
-                if case .waiting(_, let error) = newValue { store.lastError = error }
-                if case .connected = newValue { store.attempts = 0 }
-                if store.connection != newValue { store.stateSince = Date() }
-                store.connection = newValue
-                return (was, store.config.id)
+    /// Makes the relay list follow `addresses` (a reload): returns the connections added
+    /// (their loops are to be started) and those removed (to be closed). Kept ones keep
+    /// their channel and state.
+    func replaceRelays(with addresses: [HostPort]) -> (added: [RelayConnection], removed: [RelayConnection]) {
+        self.store.withLock { store in
+            let old = Dictionary(store.relays.map { ($0.address, $0) }, uniquingKeysWith: { first, _ in first })
+            let wanted = Set(addresses)
+            let removed = store.relays.filter { !wanted.contains($0.address) }
+            var added: [RelayConnection] = []
+            store.relays = addresses.map { address in
+                if let kept = old[address] { return kept }
+                let connection = RelayConnection(address: address)
+                added.append(connection)
+                return connection
             }
-            let isConnected = if case .connected = newValue { true } else { false }
-            if isConnected && !wasConnected { self.telemetry.agentConnected(agent) }
-            if wasConnected && !isConnected { self.telemetry.agentDisconnected(agent) }
+            return (added, removed)
         }
     }
 
-    /// Connection attempts since the last registration, the last error, and when the state began.
-    var connectionHistory: (attempts: Int, lastError: String?, since: Date) {
-        self.store.withLock { ($0.attempts, $0.lastError, $0.stateSince) }
+    /// Sets `relay`'s condition and counts a registration or its loss in the metrics.
+    func set(_ relay: RelayConnection, _ condition: RelayConnection.Condition) {
+        switch relay.set(condition) {
+        case true?: self.telemetry.agentConnected(self.config.id)
+        case false?: self.telemetry.agentDisconnected(self.config.id)
+        case nil: break
+        }
+    }
+
+    /// Records `relay`'s live control connection (nil when it closes). Returns `false` if
+    /// shutting down, so the caller closes the channel.
+    func setControlChannel(_ channel: (any Channel)?, of relay: RelayConnection) -> Bool {
+        relay.setChannel(channel)
+        return !self.isShuttingDown
     }
 
     /// The live session with this id.
@@ -227,23 +228,13 @@ final class AgentState: Sendable {
         self.store.withLock { $0.sessions[id] }
     }
 
-    /// Records the live control channel (nil when it closes), unless shutting down.
-    /// Returns `false` if shutting down, so the caller closes the channel.
-    func setControlChannel(_ channel: (any Channel)?) -> Bool {
-        self.store.withLock { store in
-            store.controlChannel = channel
-            return !store.shuttingDown
-        }
-    }
-
-    /// Marks shutdown and returns the control channel to close.
-    func beginShutdown() -> (any Channel)? {
-        self.store.withLock { store in
+    /// Marks shutdown and returns the control channels to close.
+    func beginShutdown() -> [any Channel] {
+        let relays = self.store.withLock { store in
             store.shuttingDown = true
-            store.connection = .stopped
-            store.stateSince = Date()
-            return store.controlChannel
+            return store.relays
         }
+        return relays.compactMap { $0.stop() }
     }
 
     var isShuttingDown: Bool { self.store.withLock { $0.shuttingDown } }

@@ -26,7 +26,8 @@ struct SessionRunner {
         let timeout = Duration.seconds(config.connectTimeout)
         let session = AgentSession(
             id: connect.session, service: service.name, client: connect.client, target: "\(service.target)",
-            telemetry: self.state.telemetry.service(service.name), halfCloseTimeout: config.halfCloseTimeout)
+            relay: control.relay, telemetry: self.state.telemetry.service(service.name),
+            halfCloseTimeout: config.halfCloseTimeout)
         // maxSessions: refused before the target is dialled, so a flood of clients costs the
         // internal network nothing.
         guard self.state.addWithinLimit(session) else {
@@ -77,7 +78,7 @@ struct SessionRunner {
         }
         let attach = await self.dial(
             session, first: session.start(), target: service.target, header: header, timeout: timeout,
-            tuning: config.tcp, handle: handle)
+            tuning: config.tcp, relay: control.relay, tls: config.tls(for: control.relay), handle: handle)
         guard attach, let data = session.dataLinkForAttach, let target = session.targetSocket else { return }
 
         if let rejected = await self.attach(connect, secret: control.secret, link: data, timeout: timeout) {
@@ -119,14 +120,13 @@ struct SessionRunner {
 
     /// Does the dials the machine asks for (`first`: its first actions), feeding each result
     /// as it comes; true when the machine then asks for `attach`. Dials still running when
-    /// the session ends are cancelled.
+    /// the session ends are cancelled. The data channel goes to `relay`, the relay whose
+    /// control channel asked for the session.
     private func dial(
         _ session: AgentSession, first: [SessionStateMachine.Action], target: HostPort, header: [UInt8]?,
-        timeout: Duration, tuning: TCPTuning,
+        timeout: Duration, tuning: TCPTuning, relay: HostPort, tls: AgentTLS?,
         handle: @escaping @Sendable (SessionStateMachine.Event) -> [SessionStateMachine.Action]
     ) async -> Bool {
-        let relay = self.state.config.relay
-        let tls = self.state.config.tls
         let group = self.group
         return await withTaskGroup(of: Dialled.self) { tasks in
             func start(_ actions: [SessionStateMachine.Action]) {

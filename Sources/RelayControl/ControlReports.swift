@@ -44,8 +44,10 @@ public struct StatusReport: Sendable, Codable, Equatable {
 
     /// Agent: this agent's id.
     public var agent: String?
-    /// Agent: the connection to the relay.
+    /// Agent: the connection to the relay (the first of `relays`).
     public var relay: RelayReport?
+    /// Agent: the connection to each relay, in the config's order (`relay` or `relays`).
+    public var relays: [RelayReport]?
 
     /// Creates a report with the keys both roles have.
     public init(
@@ -91,6 +93,8 @@ public struct RelayReport: Sendable, Codable, Equatable {
     /// those made in full, since the TLS settings in force were loaded.
     public var tlsResumed: Int?
     public var tlsFullHandshakes: Int?
+    /// Live sessions this relay asked for (their data channels go to it).
+    public var sessions: Int?
 
     /// Creates the report.
     public init(address: String, state: String, reconnectAttempts: Int) {
@@ -130,8 +134,10 @@ public struct AgentReport: Sendable, Codable, Equatable {
 public struct ServiceReport: Sendable, Codable, Equatable {
     /// The service name.
     public var name: String
-    /// Proxy: the agent that serves it.
+    /// Proxy: the agent that serves it (the first of `agents`).
     public var agent: String?
+    /// Proxy: every agent that may serve it, in the config's order (`agent` or `agents`).
+    public var agents: [String]?
     /// Proxy: its listener's address.
     public var listen: String?
     /// Agent: the target it leads to.
@@ -185,6 +191,8 @@ public struct SessionReport: Sendable, Codable, Equatable {
     /// The data channel's local and remote addresses, once attached.
     public var dataLocal: String?
     public var dataRemote: String?
+    /// Agent: the relay that asked for the session (its data channel goes there).
+    public var relay: String?
     /// Agent: the target's address, and the target connection's local address.
     public var target: String?
     public var targetLocal: String?

@@ -32,56 +32,16 @@ struct ClientHandler {
             socket.close()
             return
         }
-        // S6: the service must have a connected agent; otherwise close at once.
-        guard let link = self.state.agent(serving: service) else {
-            self.state.telemetry.service(service).sessionRefused(reason: "no_agent")
-            logger.warning(
-                "client refused: no agent connected for this service",
-                metadata: ["service": "\(service)", "client": "\(client)"]
-            )
-            socket.close()
-            return
-        }
-        let session: ProxySession
-        switch self.state.openSessionWithinLimits(
-            service: service, agent: link.id, client: client, clientSocket: socket,
-            attachSecret: link.provedSecret ?? Authenticator.dummySecret, dataPlane: self.dataPlane)
-        {
-        case .success(let opened):
-            session = opened
-        case .failure(let hit):
-            self.state.telemetry.service(service).sessionRefused(reason: "limit")
-            self.limits.hit(
-                hit.name, logger: logger, "client refused: \(hit.name) (\(hit.max)) reached",
-                metadata: ["service": "\(service)", "client": "\(client)", "agent": "\(link.id)"])
-            socket.close()
+        // S6–S10: a connected agent of the service, and its data channel; another agent of
+        // the service when one refuses or fails (ClientHandler+Agents.swift).
+        // A header that arrives later from an untrusted source is looked for at the join.
+        guard
+            let (session, data) = await self.attach(
+                socket, service: service, client: client, refusesProxyHeader: !trusted, logger: &logger)
+        else {
             return
         }
         defer { self.state.removeSession(session) }
-        // A header that arrives later from an untrusted source is looked for at the join.
-        if !trusted { session.refusesProxyHeader = true }
-        logger[metadataKey: "session"] = "\(session.id)"
-        logger.info("session open", metadata: ["service": "\(service)", "client": "\(client)", "agent": "\(link.id)"])
-
-        // S7: ask the agent; S8–S10 happen there; wait for the data channel or a reason
-        // (the session's attach timer runs since it opened).
-        // `at` is stamped as the message is queued; `expiresIn` tells the agent when the
-        // session stops waiting, so that a stalled agent drops it instead of dialling.
-        let connect = ControlMessage.Connect(
-            session: session.id, service: service, token: session.token, client: client,
-            expiresIn: UInt64(session.attachTimeout * 1000), server: socket.local)
-        if !link.send(.connect(connect)) { session.handle(.connectNotSent) }
-        let data: DataLink
-        do {
-            data = try await session.attached.get()
-        } catch {
-            socket.close()
-            logger.warning(
-                "session failed: \(error)",
-                metadata: ["service": "\(service)", "duration": "\(session.started.elapsedForLog)"]
-            )
-            return
-        }
         logger.info("session attached", metadata: ["data": "\(data.link.remote)"])
 
         // S11–S20: the session joined client and data channel on the data plane when the data

@@ -16,8 +16,11 @@ public struct ProxyConfig: Sendable, DaemonSettings {
     public struct Service: Sendable {
         /// The service name (the connection ID of the patent).
         public var name: String
-        /// The agent that serves it.
-        public var agent: String
+        /// The agents that serve it (`agent`, or `agents` for several: high availability,
+        /// docs/high-availability.md), in the config's order; never empty.
+        public var agents: [String]
+        /// The first of ``agents`` (the only one, with `agent`).
+        public var agent: String { self.agents[0] }
         /// Where its clients connect.
         public var listen: HostPort
         /// Which clients may connect (`allow`, `deny`); see ``AccessRules``.
@@ -97,6 +100,14 @@ public struct ProxyConfig: Sendable, DaemonSettings {
         "halfCloseTimeoutSeconds", "removedServiceSessions", "secretRotationGraceSeconds", "dataPlane", "tls",
     ]).union(ProxyLimits.keys)
 
+    /// The keys a service object may hold.
+    static let serviceKeys: Set<String> = [
+        "name", "agent", "agents", "listen", "allow", "deny", "acceptProxyProtocol",
+    ]
+
+    /// The most agents one service may name in `agents`.
+    public static let maxAgentsPerService = 16
+
     /// Reads and validates the file at `path`; the error lists every problem with its JSON path.
     public static func load(path: String) throws(ConfigError) -> ProxyConfig {
         let (reader, root) = try ConfigReader.load(path: path, package: "relay-proxy")
@@ -132,17 +143,20 @@ public struct ProxyConfig: Sendable, DaemonSettings {
         var listenPaths: [HostPort: String] = [:]
         if let listen, listen.port != 0 { listenPaths[listen] = "$.listen" }
         for (path, object) in reader.objects(root, "services", at: "$") {
-            reader.rejectUnknownKeys(
-                object, at: path, allowed: ["name", "agent", "listen", "allow", "deny", "acceptProxyProtocol"])
+            reader.rejectUnknownKeys(object, at: path, allowed: Self.serviceKeys)
             let access = AccessRules(
                 allow: reader.addressRanges(object, "allow", at: path),
                 deny: reader.addressRanges(object, "deny", at: path))
             let acceptProxyProtocol = reader.acceptProxyProtocol(object, at: path)
             let name = reader.name(object, "name", at: path)
-            let agent = reader.name(object, "agent", at: path)
+            let named = reader.oneOrList(
+                object, single: "agent", list: "agents", at: path, maxCount: Self.maxAgentsPerService
+            ) { reader.name($0, at: $1) }
             let address = reader.address(object, "listen", at: path)
-            if let agent, agentPaths[agent] == nil, object["agent"] != nil {
-                reader.problem("\(path).agent", "unknown agent '\(agent)' (not in $.agents)")
+            var agents = named?.map(\.value)
+            for (itemPath, agent) in named ?? [] where agentPaths[agent] == nil {
+                reader.problem(itemPath, "unknown agent '\(agent)' (not in $.agents)")
+                agents = nil
             }
             if let name, let first = servicePaths[name] {
                 reader.problem("\(path).name", "duplicate service name '\(name)' (first at \(first))")
@@ -154,12 +168,12 @@ public struct ProxyConfig: Sendable, DaemonSettings {
                     listenPaths[address] = "\(path).listen"
                 }
             }
-            guard let name, let agent, let address, servicePaths[name] == nil else { continue }
+            guard let name, let agents, let address, servicePaths[name] == nil else { continue }
             servicePaths[name] = path
             services.append(
                 Service(
-                    name: name, agent: agent, listen: address, access: access, acceptProxyProtocol: acceptProxyProtocol)
-            )
+                    name: name, agents: agents, listen: address, access: access,
+                    acceptProxyProtocol: acceptProxyProtocol))
         }
 
         let interval = reader.seconds(root, "heartbeatIntervalSeconds", at: "$", default: 10, range: 0.05...3600)
@@ -214,7 +228,7 @@ public struct ProxyConfig: Sendable, DaemonSettings {
     /// The credentials the control channel checks an agent against.
     public func credentials(for agentID: String) -> AgentCredentials? {
         guard let agent = self.agents.first(where: { $0.id == agentID }) else { return nil }
-        let names = self.services.filter { $0.agent == agentID }.map(\.name)
+        let names = self.services.filter { $0.agents.contains(agentID) }.map(\.name)
         return AgentCredentials(secret: agent.secret, services: Set(names))
     }
 

@@ -78,7 +78,7 @@ public struct ProxyControlCommands: Sendable {
             var report = AgentReport(
                 id: agent.id,
                 connected: links[agent.id] != nil,
-                services: config.services.filter { $0.agent == agent.id }.map(\.name),
+                services: config.services.filter { $0.agents.contains(agent.id) }.map(\.name),
                 sessions: sessions.filter { $0.agent == agent.id }.count
             )
             if let link = links[agent.id] {
@@ -105,6 +105,7 @@ public struct ProxyControlCommands: Sendable {
                 bytesOut: telemetry.bytesOut
             )
             report.agent = service.agent
+            report.agents = service.agents
             report.listen = listener ?? service.listen.description
             return report
         }

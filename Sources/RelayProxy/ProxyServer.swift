@@ -190,8 +190,13 @@ public final class ProxyServer: Service, Sendable {
             )
         }
         for service in new.services {
-            if let before = old.service(named: service.name), before.agent != service.agent {
-                changes.append("service '\(service.name)' now served by agent '\(service.agent)'")
+            if let before = old.service(named: service.name), before.agents != service.agents {
+                // New sessions only: a live session stays with the agent that carries it.
+                changes.append(
+                    service.agents.count == 1
+                        ? "service '\(service.name)' now served by agent '\(service.agent)'"
+                        : "service '\(service.name)' now served by agents \(service.agents.map { "'\($0)'" }.joined(separator: ", ")) (new sessions)"
+                )
             }
             if let before = old.service(named: service.name), before.access != service.access {
                 changes.append(

@@ -14,6 +14,8 @@ final class ProxyState: Sendable {
         var sessions: [String: ProxySession] = [:]
         /// Old secrets still accepted after a reload rotated them, until their deadline.
         var rotations: [String: (secret: Secret, until: ContinuousClock.Instant)] = [:]
+        /// Per service, where the round robin among equally loaded agents starts next.
+        var rotation: [String: Int] = [:]
     }
 
     private let store: Mutex<Store>
@@ -83,15 +85,62 @@ final class ProxyState: Sendable {
         }
     }
 
-    /// The registered agent that serves `service` now, if any: the config assigns the
-    /// service to it and the agent offered it when it registered.
+    /// A registered agent that serves `service` now, if any: the config assigns the service
+    /// to it and the agent offered it when it registered.
     func agent(serving service: String) -> AgentLink? {
         self.store.withLock { store in
-            guard let entry = store.config.service(named: service), let link = store.agents[entry.agent],
-                link.offered.contains(service)
-            else { return nil }
-            return link
+            guard let entry = store.config.service(named: service) else { return nil }
+            for name in entry.agents {
+                if let link = Self.link(store, entry.agents, name, serving: service) { return link }
+            }
+            return nil
         }
+    }
+
+    /// The registered agents that serve `service` now (as ``agent(serving:)``).
+    func agents(serving service: String) -> [AgentLink] {
+        self.store.withLock { store in
+            guard let entry = store.config.service(named: service) else { return [] }
+            return entry.agents.compactMap { Self.link(store, entry.agents, $0, serving: service) }
+        }
+    }
+
+    /// The agent a new session of `service` goes to, among those that serve it now and are
+    /// not in `excluding` (the ones this client's session already tried): the one with the
+    /// fewest live sessions of the service; among equals, round robin (each pick moves the
+    /// service's starting point on by one). Nil when none is left.
+    func nextAgent(serving service: String, excluding: Set<String> = []) -> AgentLink? {
+        self.store.withLock { store in
+            guard let entry = store.config.service(named: service) else { return nil }
+            let names = entry.agents
+            let links = names.compactMap { name -> (index: Int, link: AgentLink)? in
+                guard !excluding.contains(name), let link = Self.link(store, names, name, serving: service),
+                    let index = names.firstIndex(of: name)
+                else { return nil }
+                return (index, link)
+            }
+            guard !links.isEmpty else { return nil }
+            guard links.count > 1 else { return links[0].link }
+            var live: [String: Int] = [:]
+            for session in store.sessions.values where session.service == service {
+                live[session.agent, default: 0] += 1
+            }
+            let start = store.rotation[service, default: 0]
+            store.rotation[service] = (start + 1) % names.count
+            let turn = { (index: Int) in (index - start % names.count + names.count) % names.count }
+            let chosen = links.min { a, b in
+                let (loadA, loadB) = (live[a.link.id, default: 0], live[b.link.id, default: 0])
+                return loadA != loadB ? loadA < loadB : turn(a.index) < turn(b.index)
+            }
+            return chosen?.link
+        }
+    }
+
+    /// The registered link of agent `name` if it serves `service`: the service names it and
+    /// it offered the service when it registered.
+    private static func link(_ store: Store, _ names: [String], _ name: String, serving service: String) -> AgentLink? {
+        guard names.contains(name), let link = store.agents[name], link.offered.contains(service) else { return nil }
+        return link
     }
 
     /// Makes `link` the agent's control channel; returns the one it replaces, if any.

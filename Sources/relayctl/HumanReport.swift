@@ -15,7 +15,12 @@ enum HumanReport {
         ]
         if let listen = report.listen { fields.append(("agent port", safe(listen))) }
         if let agent = report.agent { fields.append(("agent id", safe(agent))) }
-        if let relay = report.relay {
+        // Several relays: a table of them below (one relay: its details here).
+        let relays = report.relays ?? []
+        if relays.count > 1 {
+            let connected = relays.filter { $0.state == "connected" }.count
+            fields.append(("relays", "\(connected)/\(relays.count) connected"))
+        } else if let relay = report.relay {
             var state = Self.paint(safe(relay.state), relay.state == "connected" ? .green : .red, colour)
             if let since = relay.since { state += " for \(HumanFormat.duration(-since.timeIntervalSinceNow))" }
             if let retry = relay.retryAt {
@@ -66,7 +71,30 @@ enum HumanReport {
             lines.append("")
             lines.append(Self.agents(agents, colour: colour))
         }
+        if relays.count > 1 {
+            lines.append("")
+            lines.append(Self.relays(relays, colour: colour))
+        }
         return lines.joined(separator: "\n")
+    }
+
+    /// An agent's relays, one a row (an agent with several `relays`).
+    static func relays(_ relays: [RelayReport], colour: Bool) -> String {
+        let rows = relays.map { relay in
+            var state = relay.state
+            if let since = relay.since { state += " for \(HumanFormat.duration(-since.timeIntervalSinceNow))" }
+            if let retry = relay.retryAt {
+                state += ", next attempt in \(HumanFormat.duration(retry.timeIntervalSinceNow.rounded(.up)))"
+            }
+            return [
+                relay.address, state, relay.heartbeatRoundTripSeconds.map(HumanFormat.shortDuration) ?? "-",
+                relay.sessions.map { "\($0)" } ?? "-", relay.state == "connected" ? "-" : (relay.lastError ?? "-"),
+            ]
+        }
+        return HumanFormat.table(["RELAY", "STATE", "RTT", "SESSIONS", "LAST ERROR"], rows, rightAligned: [2, 3]) {
+            column, row, text in
+            column == 1 ? Self.paint(text, relays[row].state == "connected" ? .green : .red, colour) : text
+        }
     }
 
     static func agents(_ agents: [AgentReport], colour: Bool) -> String {
@@ -93,7 +121,7 @@ enum HumanReport {
         let rows = services.map { service in
             [
                 service.name,
-                atProxy ? (service.agent ?? "-") : nil,
+                atProxy ? (service.agents?.joined(separator: ",") ?? service.agent ?? "-") : nil,
                 atProxy ? (service.listen ?? "-") : (service.target ?? "-"),
                 service.up ? "up" : "down",
                 "\(service.sessions)",
@@ -113,15 +141,18 @@ enum HumanReport {
 
     static func sessions(_ sessions: [SessionReport]) -> String {
         if sessions.isEmpty { return "no live sessions" }
+        // At the relay, which agent carries each session (AGENT, after SERVICE).
+        let atProxy = sessions.contains { $0.agent != nil }
         let rows = sessions.map { session in
             [
-                session.id, session.service, session.client, Self.stateText(session.state),
-                HumanFormat.bytes(session.bytesIn), HumanFormat.bytes(session.bytesOut),
+                session.id, session.service, atProxy ? (session.agent ?? "-") : nil, session.client,
+                Self.stateText(session.state), HumanFormat.bytes(session.bytesIn), HumanFormat.bytes(session.bytesOut),
                 HumanFormat.duration(session.ageSeconds),
-            ]
+            ].compactMap { $0 }
         }
-        return HumanFormat.table(
-            ["ID", "SERVICE", "CLIENT", "STATE", "IN", "OUT", "AGE"], rows, rightAligned: [4, 5, 6])
+        let header = ["ID", "SERVICE"] + (atProxy ? ["AGENT"] : []) + ["CLIENT", "STATE", "IN", "OUT", "AGE"]
+        let first = atProxy ? 5 : 4
+        return HumanFormat.table(header, rows, rightAligned: [first, first + 1, first + 2])
     }
 
     static func session(_ session: SessionReport) -> String {
@@ -133,6 +164,7 @@ enum HumanReport {
         ]
         if let listener = session.listener { fields.append(("listener", listener)) }
         if let agent = session.agent { fields.append(("agent", agent)) }
+        if let relay = session.relay { fields.append(("relay", relay)) }
         if let local = session.dataLocal, let remote = session.dataRemote {
             fields.append(("data channel", "\(local) -> \(remote)"))
         }

@@ -68,7 +68,7 @@ import Testing
     @Test func missingRequiredKeys() throws {
         #expect(
             try Self.check("{}").problems == [
-                "$.relay: required key is missing",
+                "$.relay: required key is missing (give 'relay' or 'relays')",
                 "$.id: required key is missing",
                 "$.secret: required key is missing (give 'secret', 'secretFile' or 'secretCredential')",
                 "$.services: required key is missing",
@@ -92,7 +92,7 @@ import Testing
             try Self.check(json).problems == [
                 "$.colour: unknown key (allowed: connectTimeoutSeconds, control, dataPlane, dataUserTimeoutSeconds, drainTimeoutSeconds, "
                     + "halfCloseTimeoutSeconds, heartbeatIntervalSeconds, heartbeatTimeoutSeconds, id, maxSessions, metrics, "
-                    + "reconnectInitialDelaySeconds, reconnectMaxDelaySeconds, relay, removedServiceSessions, secret, "
+                    + "reconnectInitialDelaySeconds, reconnectMaxDelaySeconds, relay, relays, removedServiceSessions, secret, "
                     + "secretCredential, secretFile, services, sessionIdleTimeoutSeconds, tcpKeepaliveSeconds, tcpUserTimeoutSeconds, tls)",
                 "$.relay: bad address 'relay.example.net': expected HOST:PORT",
                 "$.id: 'bad id' is not a valid name: use \(Self.nameRule)",

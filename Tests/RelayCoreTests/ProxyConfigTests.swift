@@ -95,7 +95,7 @@ import Testing
                     + "maxUnauthenticatedConnectionsPerSource, metrics, removedServiceSessions, secretRotationGraceSeconds, "
                     + "services, sessionIdleTimeoutSeconds, tcpKeepaliveSeconds, tcpUserTimeoutSeconds, tls)",
                 "$.agents[0].secert: unknown key (allowed: id, secret, secretCredential, secretFile)",
-                "$.services[0].target: unknown key (allowed: acceptProxyProtocol, agent, allow, deny, listen, name)",
+                "$.services[0].target: unknown key (allowed: acceptProxyProtocol, agent, agents, allow, deny, listen, name)",
             ])
     }
 
@@ -190,7 +190,7 @@ import Testing
                 "$.services[4].listen: bad address '[::1]:99999': the port must be a number from 0 to 65535",
                 "$.services[5].listen: bad address '::1:21': write an IPv6 address in brackets, as [::1]:7835",
                 "$.services[6].name: 'bad name' is not a valid name: use \(Self.nameRule)",
-                "$.services[8].agent: required key is missing",
+                "$.services[8].agent: required key is missing (give 'agent' or 'agents')",
                 "$.services[8].listen: required key is missing",
             ])
     }

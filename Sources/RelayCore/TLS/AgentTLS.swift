@@ -25,6 +25,23 @@ public struct AgentTLS: Sendable, TLSSide {
     /// TLS 1.3 session resumption with the relay's tickets, for this context (each data
     /// channel is a new connection: docs/architecture.md, "TLS session resumption").
     public let resumption: TLSResumption
+    /// Whether `serverName` was given (else it is the host of the relay dialled).
+    var serverNameGiven = false
+    /// Whether `resumption` is on in the config (`tls.resumption`).
+    var resumes = true
+
+    /// The same settings for a relay at `host` (an agent with several `relays`): the name its
+    /// certificate must carry is `host` unless `serverName` was given, and its tickets are
+    /// kept apart from other relays' (a ticket is only offered to the relay that issued it).
+    public func forRelay(host: String) -> AgentTLS {
+        var copy = AgentTLS(
+            caPath: self.caPath, serverName: self.serverNameGiven ? self.serverName : host, pin: self.pin,
+            certificatePath: self.certificatePath, keyPath: self.keyPath, context: self.context,
+            resumption: TLSResumption(context: self.context, enabled: self.resumes))
+        copy.serverNameGiven = self.serverNameGiven
+        copy.resumes = self.resumes
+        return copy
+    }
 
     /// Whether the relay's chain and name are checked (not with a pin alone).
     public var verifiesChain: Bool { self.caPath != nil || self.pin == nil }
@@ -188,8 +205,11 @@ extension ConfigReader {
             }
             return nil
         }
-        return AgentTLS(
+        var tls = AgentTLS(
             caPath: caPath, serverName: name, pin: pin, certificatePath: certificatePath, keyPath: keyPath,
             context: context, resumption: TLSResumption(context: context, enabled: resumes))
+        tls.serverNameGiven = serverName != nil
+        tls.resumes = resumes
+        return tls
     }
 }

@@ -332,7 +332,7 @@ extension IOTests {
         static func agentSession(_ id: String, _ state: AgentState) -> AgentSession {
             AgentSession(
                 id: id, service: "web", client: "10.0.0.1:5000", target: "127.0.0.1:80",
-                telemetry: state.telemetry.service("web"))
+                relay: state.config.relay, telemetry: state.telemetry.service("web"))
         }
 
         /// A registered agent's link over `channel` (its loop never runs: nothing is sent here).

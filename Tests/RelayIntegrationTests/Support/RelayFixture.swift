@@ -82,10 +82,12 @@ final class RelayFixture {
             "control": self.proxySocket,
             "agents": self.agents.map { ["id": $0.id, "secret": $0.secret] },
             "services": self.services.map {
-                [
+                // `agents` in the service's options replaces `agent`.
+                let options = self.serviceOptions[$0.name] ?? [:]
+                return [
                     "name": $0.name, "agent": $0.agent,
                     "listen": Self.address(self.host, self.configuredPorts.services[$0.name] ?? 0),
-                ].merging(self.serviceOptions[$0.name] ?? [:]) { _, new in new }
+                ].merging(options) { _, new in new }.filter { $0.key != "agent" || options["agents"] == nil }
             },
         ]
         config.merge(self.proxyOptions) { _, new in new }
@@ -120,6 +122,8 @@ final class RelayFixture {
             "reconnectMaxDelaySeconds": 1.0,
         ]
         config.merge(options) { _, new in new }
+        // `relays` in the options replaces `relay`.
+        if options["relays"] != nil { config["relay"] = nil }
         return try self.write(config, to: "agent-\(id).json")
     }
 
