@@ -78,11 +78,15 @@ import Testing
         for (file, keys) in [("proxy.json", ProxyConfig.topLevelKeys), ("agent.json", AgentConfig.topLevelKeys)] {
             let text = try String(contentsOfFile: Self.repository + "/packaging/examples/" + file, encoding: .utf8)
             // The alternatives to `secret` appear as comments ("// secretFile", "// secretCredential");
-            // so does `tls`, which names files that must exist ("// tls").
-            for key in keys where !["secretFile", "secretCredential", "tls"].contains(key) {
+            // so does `tls`, which names files that must exist ("// tls"), and the agent's
+            // `relays`, the alternative to `relay` ("// relays").
+            for key in keys where !["secretFile", "secretCredential", "tls", "relays"].contains(key) {
                 #expect(text.contains("\"\(key)\""), "packaging/examples/\(file) lacks \(key)")
             }
             #expect(text.contains("\"// tls\""), "packaging/examples/\(file) lacks the tls hint")
+            if keys.contains("relays") {
+                #expect(text.contains("\"// relays\""), "packaging/examples/\(file) lacks the relays hint")
+            }
         }
     }
 

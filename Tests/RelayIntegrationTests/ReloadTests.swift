@@ -253,11 +253,13 @@ struct ReloadTests {
                     try await agent.waitForLine(containing: "registered with relay", "services=kept")
                 }
                 // Bytes go on flowing under "drain"; the session ends at once under "close".
+                // Watched until 10,000 more bytes came (drain) or the end (close), at most 5 s:
+                // the trickle sends 50,000 a second, but a loaded machine delays it.
                 let before = received
-                let watchUntil = ContinuousClock.now + .seconds(1)
+                let watchUntil = ContinuousClock.now + .seconds(5)
                 var ended = false
                 do {
-                    while ContinuousClock.now < watchUntil {
+                    while ContinuousClock.now < watchUntil, rule == "close" || received - before <= 10_000 {
                         guard let chunk = try await iterator.next() else {
                             ended = true
                             break
