@@ -28,6 +28,9 @@ final class RelayFixture {
     /// A command the agents are started through (an absolute path and its arguments, with
     /// the agent's command line appended), e.g. to run them in a namespace of their own.
     var agentWrapper: [String] = []
+    /// Environment variables of the proxy processes started after it is set (for example
+    /// `CREDENTIALS_DIRECTORY`).
+    var proxyEnvironment: [String: String] = [:]
     private(set) var proxy: DaemonProcess!
     private(set) var agentPort = 0
     private(set) var servicePorts: [String: Int] = [:]
@@ -57,7 +60,8 @@ final class RelayFixture {
         self.configuredPorts = (self.agentPort, self.servicePorts)
         let path = try self.writeProxyConfig()
         let proxy = try DaemonProcess(
-            "relay-proxy", arguments: ["--config", path], name: "proxy\(self.proxyGeneration)")
+            "relay-proxy", arguments: ["--config", path], name: "proxy\(self.proxyGeneration)",
+            environment: self.proxyEnvironment)
         self.proxy = proxy
         self.started.append(proxy)
         try await proxy.waitForLine(containing: "relay-proxy ready")
@@ -122,8 +126,9 @@ final class RelayFixture {
             "reconnectMaxDelaySeconds": 1.0,
         ]
         config.merge(options) { _, new in new }
-        // `relays` in the options replaces `relay`.
+        // `relays` in the options replaces `relay`; `secretFile` or `secretCredential`, `secret`.
         if options["relays"] != nil { config["relay"] = nil }
+        if options["secretFile"] != nil || options["secretCredential"] != nil { config["secret"] = nil }
         return try self.write(config, to: "agent-\(id).json")
     }
 
@@ -135,7 +140,8 @@ final class RelayFixture {
         services: [String: Int],
         options: [String: Any] = [:],
         targetHost: String = "127.0.0.1",
-        waitForRegistration: Bool = true
+        waitForRegistration: Bool = true,
+        environment: [String: String] = [:]
     ) async throws -> DaemonProcess {
         // A second live process with the same id (a takeover test) needs its own socket.
         let control = self.directory + "/agent-\(id)\(self.agentProcesses[id]?.isRunning == true ? "-2" : "").sock"
@@ -143,7 +149,8 @@ final class RelayFixture {
             id: id, secret: secret, services: services, options: options, targetHost: targetHost, control: control)
         let agent =
             self.agentWrapper.isEmpty
-            ? try DaemonProcess("relay-agent", arguments: ["--config", path], name: "agent-\(id)")
+            ? try DaemonProcess(
+                "relay-agent", arguments: ["--config", path], name: "agent-\(id)", environment: environment)
             : try DaemonProcess(
                 self.agentWrapper[0],
                 arguments: self.agentWrapper.dropFirst() + [Binaries.path("relay-agent"), "--config", path],
