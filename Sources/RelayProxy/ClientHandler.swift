@@ -26,8 +26,9 @@ struct ClientHandler {
             socket.close()
             return
         }
-        // S6: the service must have a connected agent; otherwise close at once.
-        guard let link = self.state.agent(serving: service) else {
+        // S6: the service must have a connected agent; otherwise close at once (unless the
+        // agent is expected back after a restart: then the client waits for it).
+        guard let link = await self.agentOrWait(serving: service) else {
             self.state.telemetry.service(service).sessionRefused(reason: "no_agent")
             logger.warning(
                 "client refused: no agent connected for this service",
@@ -63,6 +64,20 @@ struct ClientHandler {
             session: session.id, service: service, token: session.token, client: client,
             expiresIn: UInt64(session.attachTimeout * 1000))
         if !link.send(.connect(connect)) { session.handle(.connectNotSent) }
+        await self.pumpUntilEnd(session, socket: socket, service: service, logger: logger)
+    }
+
+    /// Serves a session taken over from the process before (a handover) until it ends.
+    func resume(_ session: ProxySession, socket: OwnedSocket) async {
+        defer { self.state.removeSession(session) }
+        var logger = self.logger
+        logger[metadataKey: "session"] = "\(session.id)"
+        await self.pumpUntilEnd(session, socket: socket, service: session.service, logger: logger)
+    }
+
+    /// Waits for the session's data channel, joins it with the client on the data plane
+    /// (or awaits the run already started) and logs the end.
+    private func pumpUntilEnd(_ session: ProxySession, socket: OwnedSocket, service: String, logger: Logger) async {
         let data: DataLink
         do {
             data = try await session.attached.get()
@@ -74,7 +89,7 @@ struct ClientHandler {
             )
             return
         }
-        logger.info("session attached", metadata: ["data": "\(data.link.remote)"])
+        if !session.wasResumed { logger.info("session attached", metadata: ["data": "\(data.link.remote)"]) }
 
         // S11–S20: the session joined client and data channel on the data plane when the data
         // channel was attached; the client's early bytes waited in its socket until then.
