@@ -151,19 +151,21 @@ resumed_at_least() { # unit, count: the new process resumed at least that many s
     n=$(journal "$1" | sed -n 's/.*resumed \([0-9]*\) sessions.*/\1/p' | tail -1)
     [ -n "$n" ] && [ "$n" -ge "$2" ]
 }
-restart() { # unit
+restart() { # unit [command that restarts it: default systemctl restart]
     local unit=$1 resumed="resumed " before after took
+    local how=${2:-systemctl restart}
     before=$(prop "$unit" MainPID)
-    step "systemctl restart $unit under $SESSIONS live sessions"
+    step "$how $unit under $SESSIONS live sessions"
     local t0 t1
     t0=$(date +%s%N)
-    in_box timeout 60 systemctl restart "$unit"
+    # shellcheck disable=SC2086 # $how is a command and its arguments
+    in_box timeout 60 $how "$unit"
     t1=$(date +%s%N)
     after=$(prop "$unit" MainPID)
     if [ "$before" != "$after" ] && wait_for 10 resumed_at_least "$unit" "$SESSIONS"; then
         took=$(journal "$unit" | grep -F -- "$resumed" | tail -1 | sed -n 's/.*handoverMs=\([0-9]*\).*/\1/p')
         pass "$unit restarted (MainPID $before -> $after): $(journal "$unit" | grep -F "handed over" | tail -1 | sed 's/^.*handed over/handed over/'); $(journal "$unit" | grep -F -- "$resumed" | tail -1 | sed 's/^.*resumed/resumed/')"
-        echo "     handover: ${took:-?} ms (old process's 'handing over' to the new one's 'resumed'); systemctl restart took $(((t1 - t0) / 1000000)) ms"
+        echo "     handover: ${took:-?} ms (old process's 'handing over' to the new one's 'resumed'); $how took $(((t1 - t0) / 1000000)) ms"
     else
         fail "$unit restart" "$(journal "$unit" | tail -20)"
     fi
@@ -173,6 +175,11 @@ restart relay-proxy.service
 wait_for 15 status_has relay-proxy.service "1/1 agents connected" || fail "agent did not reconnect" "$(journal relay-agent.service | tail -10)"
 if [ "${HANDOVER_AGENT:-0}" = 1 ]; then
     restart relay-agent.service
+    wait_for 15 status_has relay-proxy.service "1/1 agents connected" || fail "agent did not register again"
+    # What the packages' postinst runs at an upgrade (dh_installsystemd, --restart-after-upgrade):
+    # it acts on enabled units only.
+    in_box systemctl enable --quiet relay-proxy.service relay-agent.service
+    restart relay-proxy.service "deb-systemd-invoke restart"
 fi
 
 step "stop streaming; compare digests"
