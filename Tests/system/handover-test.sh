@@ -2,10 +2,13 @@
 # Live sessions across `systemctl restart` (docs/restart.md), under a real systemd: boots a
 # Debian 12 container (box.sh), installs the units (with FileDescriptorStoreMax=) and the
 # built binaries, runs SESSIONS (default 200) streaming echo sessions through relay-proxy and
-# relay-agent while a second client opens a new session every 25 ms, restarts relay-proxy
-# (and relay-agent, with HANDOVER_AGENT=1), then compares every session's digests. Passes
-# with 0 sessions lost, 0 bytes lost and 0 new connections refused; prints the handover time
-# (the old process's "handing over" to the new one's "resumed N sessions"). Root only.
+# relay-agent while a second client opens a new session every 25 ms, then restarts
+# relay-proxy, relay-agent (HANDOVER_AGENT=0 skips it) and relay-proxy again the way an
+# upgrade's postinst does (deb-systemd-invoke restart), checking each time that relayctl lists
+# the sessions again with the same ids; compares every session's digests at the end, and
+# checks that `systemctl stop` still drains. Passes with 0 sessions lost, 0 bytes lost and 0
+# new connections refused; prints each handover's time (the old process's "handing over" to
+# the new one's "resumed N sessions"). Root only.
 #
 #   Tests/system/handover-test.sh [BIN_DIR]
 #
@@ -62,7 +65,7 @@ status_has() { prop "$1" StatusText | grep -F -- "$2" >/dev/null; }
 exists() { [ -e "$1" ]; }
 not_running() { ! kill -0 "$1" 2>/dev/null; }
 
-for binary in relay-proxy relay-agent; do
+for binary in relay-proxy relay-agent relayctl; do
     [ -x "$BIN_DIR/$binary" ] || {
         echo "handover-test: $BIN_DIR/$binary is missing (build first)" >&2
         exit 1
@@ -82,7 +85,8 @@ pass "container booted"
 
 step "install binaries, Swift runtime, units, user and configs"
 install -m755 "$BIN_DIR/relay-proxy" "$BIN_DIR/relay-agent" "$R/usr/sbin/"
-for lib in $(ldd "$BIN_DIR/relay-proxy" "$BIN_DIR/relay-agent" | awk '$2 == "=>" && $3 ~ /^\// { print $3 }' | sort -u); do
+install -m755 "$BIN_DIR/relayctl" "$R/usr/bin/"
+for lib in $(ldd "$BIN_DIR/relay-proxy" "$BIN_DIR/relay-agent" "$BIN_DIR/relayctl" | awk '$2 == "=>" && $3 ~ /^\// { print $3 }' | sort -u); do
     soname=$(basename "$lib")
     [ -e "$R$lib" ] || [ -e "$R/usr/lib/x86_64-linux-gnu/$soname" ] || [ -e "$R/lib/x86_64-linux-gnu/$soname" ] ||
         install -m644 "$lib" "$R/usr/local/lib/"
@@ -151,9 +155,35 @@ resumed_at_least() { # unit, count: the new process resumed at least that many s
     n=$(journal "$1" | sed -n 's/.*resumed \([0-9]*\) sessions.*/\1/p' | tail -1)
     [ -n "$n" ] && [ "$n" -ge "$2" ]
 }
+# relayctl's sessions of a unit's daemon, as JSON.
+sessions_of() {
+    local socket=/run/relay/proxy.sock
+    [ "$1" = relay-agent.service ] && socket=/run/relay/agent.sock
+    in_box relayctl --socket "$socket" --json sessions
+}
+# Every session older than 1 s before (the streaming ones) is listed after with the same
+# id, service, client and start, and counts that went on; prints how many.
+same_sessions() {
+    python3 - "$1" "$2" <<'PY'
+import json, sys
+def load(path):
+    document = json.load(open(path))
+    if isinstance(document, dict):
+        document = next(v for v in document.values() if isinstance(v, list))
+    return {s["id"]: s for s in document}
+before, after = load(sys.argv[1]), load(sys.argv[2])
+old = [s for s in before.values() if s["ageSeconds"] > 1]
+bad = [s["id"] for s in old if s["id"] not in after
+       or any(after[s["id"]][k] != s[k] for k in ("service", "client", "startedAt"))
+       or after[s["id"]]["bytesIn"] < s["bytesIn"] or after[s["id"]]["bytesOut"] < s["bytesOut"]]
+print(f"{len(old) - len(bad)} of {len(old)}")
+sys.exit(1 if bad or not old else 0)
+PY
+}
 restart() { # unit [command that restarts it: default systemctl restart]
-    local unit=$1 resumed="resumed " before after took
+    local unit=$1 resumed="resumed " before after took listed
     local how=${2:-systemctl restart}
+    sessions_of "$unit" >"$WORK/before.json"
     before=$(prop "$unit" MainPID)
     step "$how $unit under $SESSIONS live sessions"
     local t0 t1
@@ -166,6 +196,12 @@ restart() { # unit [command that restarts it: default systemctl restart]
         took=$(journal "$unit" | grep -F -- "$resumed" | tail -1 | sed -n 's/.*handoverMs=\([0-9]*\).*/\1/p')
         pass "$unit restarted (MainPID $before -> $after): $(journal "$unit" | grep -F "handed over" | tail -1 | sed 's/^.*handed over/handed over/'); $(journal "$unit" | grep -F -- "$resumed" | tail -1 | sed 's/^.*resumed/resumed/')"
         echo "     handover: ${took:-?} ms (old process's 'handing over' to the new one's 'resumed'); $how took $(((t1 - t0) / 1000000)) ms"
+        sessions_of "$unit" >"$WORK/after.json"
+        if listed=$(same_sessions "$WORK/before.json" "$WORK/after.json"); then
+            pass "relayctl sessions: $listed streaming sessions listed again with the same id, service, client and start; their counts went on"
+        else
+            fail "relayctl sessions after the restart of $unit" "$listed"
+        fi
     else
         fail "$unit restart" "$(journal "$unit" | tail -20)"
     fi
@@ -173,7 +209,7 @@ restart() { # unit [command that restarts it: default systemctl restart]
 }
 restart relay-proxy.service
 wait_for 15 status_has relay-proxy.service "1/1 agents connected" || fail "agent did not reconnect" "$(journal relay-agent.service | tail -10)"
-if [ "${HANDOVER_AGENT:-0}" = 1 ]; then
+if [ "${HANDOVER_AGENT:-1}" = 1 ]; then
     restart relay-agent.service
     wait_for 15 status_has relay-proxy.service "1/1 agents connected" || fail "agent did not register again"
     # What the packages' postinst runs at an upgrade (dh_installsystemd, --restart-after-upgrade):
