@@ -93,6 +93,9 @@ public enum Systemd {
     /// one could not be stored (no store: `FileDescriptorStoreMax=` is 0 or too small, no
     /// notification socket).
     public static func store(_ descriptors: [(name: String, descriptor: CInt)]) -> Bool {
+        // `FDPOLL=0`: systemd must keep a session's socket even when it reports a hang-up
+        // (both directions of that socket ended while bytes read from it still wait for
+        // the other socket); by default it would drop it from the store.
         // One name per message (FDNAME= names every descriptor of its message), at most
         // `Handover.descriptorsPerMessage` descriptors per message.
         var byName: [(String, [CInt])] = []
@@ -105,7 +108,8 @@ public enum Systemd {
         }
         for (name, fds) in byName {
             let sent = fds.withUnsafeBufferPointer { buffer in
-                sd_pid_notify_with_fds(0, 0, "FDSTORE=1\nFDNAME=\(name)", buffer.baseAddress, UInt32(buffer.count))
+                sd_pid_notify_with_fds(
+                    0, 0, "FDSTORE=1\nFDNAME=\(name)\nFDPOLL=0", buffer.baseAddress, UInt32(buffer.count))
             }
             guard sent > 0 else { return false }
         }

@@ -232,6 +232,29 @@ else
     fail "client did not finish" "$(cat "$WORK/client.err")"
 fi
 
+step "nothing handed over went missing"
+missing=$(journal relay-proxy.service; journal relay-agent.service)
+missing=$(grep -E "missing a socket|stored descriptor|cannot use the state|no longer knows" <<<"$missing" || true)
+if [ -z "$missing" ]; then
+    pass "every stored session came back whole (no 'missing a socket', no stray descriptor)"
+else
+    fail "handed-over descriptors went missing" "$missing"
+fi
+
+step "a store too small for what there is to hand over: the restart drains"
+mkdir -p "$R/etc/systemd/system/relay-proxy.service.d"
+printf '[Service]\nFileDescriptorStoreMax=0\n' >"$R/etc/systemd/system/relay-proxy.service.d/no-store.conf"
+in_box systemctl daemon-reload
+if in_box timeout 30 systemctl restart relay-proxy.service &&
+    journal_has relay-proxy.service 'stopping, not handing over why="FileDescriptorStoreMax=0 cannot hold' &&
+    wait_for 15 status_has relay-proxy.service "1/1 agents connected"; then
+    pass "FileDescriptorStoreMax=0: $(journal relay-proxy.service | grep -F "FileDescriptorStoreMax=0" | tail -1 | sed 's/^.*stopping/stopping/')"
+else
+    fail "restart with no store" "$(journal relay-proxy.service | tail -8)"
+fi
+rm "$R/etc/systemd/system/relay-proxy.service.d/no-store.conf"
+in_box systemctl daemon-reload
+
 step "systemctl stop still drains (no handover)"
 if in_box timeout 30 systemctl stop relay-proxy.service relay-agent.service &&
     journal_has relay-proxy.service 'stopping, not handing over why="job stop"' &&
