@@ -44,13 +44,12 @@ extension AgentServer {
         let control = self.currentControl.withLock { $0 }
         _ = self.state.beginShutdown()
         control?.sayRestarting()
-        // 2. Sessions still dialling or attaching settle, within the connect timeout.
+        // 2. Sessions still dialling or attaching settle (their pump starts, or they end),
+        // within the connect timeout; the control channel's `restarting` line goes out.
         let settled = ContinuousClock.now + .milliseconds(Int64(self.state.config.connectTimeout * 1000) + 1000)
-        while self.state.sessions.contains(where: { $0.dataChannel == nil && $0.end == nil })
-            || control != nil
-                && self.state.controlChannel != nil,
-            ContinuousClock.now < settled
-        {
+        let unsettled = { self.state.sessions.contains { $0.running == nil && $0.end == nil } }
+        let saying = { control != nil && self.state.controlChannel != nil }
+        while unsettled() || saying(), ContinuousClock.now < settled {
             try? await Task.sleep(for: .milliseconds(10))
         }
         // 3. The splice plane stops; every plaintext session's sockets and state are collected.

@@ -60,10 +60,10 @@ extension ProxyServer {
         for name in self.listeners.withLock({ Array($0.keys) }).sorted() where name != Self.agentPortName {
             detach(name)
         }
-        // 2. Sessions waiting for their data channel attach or fail, within the attach timeout;
-        // the agent port accepts their attaches meanwhile.
+        // 2. Sessions waiting for their data channel (or writing `attached`) start pumping
+        // or fail, within the attach timeout; the agent port accepts their attaches meanwhile.
         let settled = ContinuousClock.now + .milliseconds(Int64(self.state.config.attachTimeout * 1000) + 1000)
-        while self.state.sessions.contains(where: { if case .pending = $0.phase { true } else { false } }),
+        while self.state.sessions.contains(where: { $0.running == nil && $0.end == nil }),
             ContinuousClock.now < settled
         {
             try? await Task.sleep(for: .milliseconds(10))
