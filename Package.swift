@@ -76,7 +76,7 @@ let package = Package(
         .target(
             name: "RelayProxy",
             dependencies: [
-                "RelaySupport", "RelayProtocol", "RelayControl", "RelayCore", "RelayMetrics",
+                "RelaySupport", "RelayProtocol", "RelayControl", "RelayCore", "RelayMetrics", "RelayDataPlane",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -86,7 +86,7 @@ let package = Package(
         .target(
             name: "RelayAgent",
             dependencies: [
-                "RelaySupport", "RelayProtocol", "RelayControl", "RelayCore", "RelayMetrics",
+                "RelaySupport", "RelayProtocol", "RelayControl", "RelayCore", "RelayMetrics", "RelayDataPlane",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -126,7 +126,7 @@ let package = Package(
         .executableTarget(
             name: "relay-agent",
             dependencies: [
-                "RelaySupport", "RelayCore", "RelayMetrics", "RelayAgent", "RelayDaemon",
+                "RelaySupport", "RelayCore", "RelayMetrics", "RelayAgent", "RelaySystemd", "RelayDaemon",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]

@@ -76,6 +76,13 @@ final class AgentControlChannel: ControlChannelHandler {
     var roundTrip: Duration? { self.roundTripStore.withLock { $0 } }
 
     /// Tells the relay this agent cannot serve a session (S8).
+    /// Tells the relay this agent is restarting (its next process registers again soon),
+    /// then closes the channel.
+    func sayRestarting() {
+        self.loop.noteClose("restarting: handing over to the next process")
+        self.loop.close(after: .restarting(.init()))
+    }
+
     func refuse(session: String, code: ErrorCode, message: String) {
         self.loop.send(.refuse(.init(session: session, code: code, message: message)))
     }

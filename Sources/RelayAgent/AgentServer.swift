@@ -32,6 +32,10 @@ public final class AgentServer: Service, Sendable {
     }
     private let requests: AsyncStream<Work>
     private let requestInput: AsyncStream<Work>.Continuation
+    /// The restart path: descriptors to and from systemd's store.
+    let handover: Handover
+    /// The data plane in force, once running (what a handover freezes).
+    let activePlane = Mutex<(any DataPlane)?>(nil)
 
     /// Creates the agent (`dataPlane` overrides the config's `dataPlane`: tests); `hooks.ready` runs once the first connection attempt is under way
     /// (a relay that is down does not delay it: the agent is running and retrying).
@@ -41,8 +45,10 @@ public final class AgentServer: Service, Sendable {
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         logger: Logger,
         dataPlane: (any DataPlane)? = nil,
-        hooks: DaemonHooks = DaemonHooks()
+        hooks: DaemonHooks = DaemonHooks(),
+        handover: Handover = Handover()
     ) {
+        self.handover = handover
         self.life = DaemonLife(daemon: "relay-agent", configPath: configPath, hooks: hooks, logger: logger)
         self.state = AgentState(config: config, limits: self.life.limits)
         self.group = group
@@ -69,10 +75,14 @@ public final class AgentServer: Service, Sendable {
         TLSNotes.logAtStart(config.tls?.summary, logger: self.logger)
         // The data plane's loops and the readiness loop start now, not at the first session.
         _ = SocketIO.readiness
-        let runner = SessionRunner(
-            state: self.state, group: self.group, dataPlane: self.dataPlane ?? config.dataPlane.make(group: self.group),
-            logger: self.logger)
+        let dataPlane = self.dataPlane ?? config.dataPlane.make(group: self.group)
+        self.activePlane.withLock { $0 = dataPlane }
+        let runner = SessionRunner(state: self.state, group: self.group, dataPlane: dataPlane, logger: self.logger)
+        let resumed = self.readHandedOver().map { self.resume($0, dataPlane: dataPlane) } ?? []
         await withDiscardingTaskGroup { group in
+            for (session, running) in resumed {
+                group.addTask { await runner.resume(session, running: running) }
+            }
             for relay in self.state.relays { group.addTask { await self.connectLoop(relay) } }
             group.addTask { await self.shutdownWhenAsked() }
             self.life.addHelpers(
@@ -196,6 +206,7 @@ public final class AgentServer: Service, Sendable {
     /// live sessions `drainTimeout` to finish before closing them.
     private func shutdownWhenAsked() async {
         let graceful = await self.life.waitForShutdown()
+        if graceful { await self.handOverIfRestarting() }
         let drainTimeout = self.state.config.drainTimeout
         for channel in self.state.beginShutdown() { channel.close(promise: nil) }
         let live = self.state.sessions.count

@@ -31,8 +31,8 @@ final class AgentSession: Sendable {
     let target: String
     /// The relay that asked for the session; its data channel goes there.
     let relay: HostPort
-    let startedAt = Date()
-    let started = ContinuousClock.now
+    let startedAt: Date
+    let started: ContinuousClock.Instant
     /// Forward: relay → target (bytes in); backward: target → relay (bytes out).
     let meter: TrafficMeter
     let telemetry: ServiceTelemetry
@@ -40,7 +40,7 @@ final class AgentSession: Sendable {
 
     init(
         id: String, service: String, client: String, target: String, relay: HostPort, telemetry: ServiceTelemetry,
-        halfCloseTimeout: Double = 0, dialsInParallel: Bool = true
+        halfCloseTimeout: Double = 0, dialsInParallel: Bool = true, resumed: HandoverState.Session? = nil
     ) {
         self.id = id
         self.relay = relay
@@ -48,11 +48,36 @@ final class AgentSession: Sendable {
         self.client = client
         self.target = target
         self.telemetry = telemetry
-        self.meter = TrafficMeter(sink: telemetry)
-        self.core = Mutex(
-            Core(machine: .agent(halfCloseTimeout: halfCloseTimeout, dialsInParallel: dialsInParallel)))
+        var machine = SessionStateMachine.agent(halfCloseTimeout: halfCloseTimeout, dialsInParallel: dialsInParallel)
+        if let resumed {
+            let startedAt = Date(timeIntervalSince1970: resumed.startedAt)
+            self.startedAt = startedAt
+            self.started = ContinuousClock.now - .seconds(max(0, Date().timeIntervalSince(startedAt)))
+            self.meter = TrafficMeter(
+                sink: telemetry, forward: resumed.forwardBytes, backward: resumed.backwardBytes,
+                forwardFinished: resumed.forward.finished, backwardFinished: resumed.backward.finished)
+            _ = machine.resume(forwardFinished: resumed.forward.finished, backwardFinished: resumed.backward.finished)
+        } else {
+            self.startedAt = Date()
+            self.started = ContinuousClock.now
+            self.meter = TrafficMeter(sink: telemetry)
+        }
+        self.core = Mutex(Core(machine: machine))
         self.meter.onFinish { [weak self] forward in self?.handle(.finPassedOn(forward ? .first : .second)) }
     }
+
+    /// A session taken over from the process before runs again on the data plane.
+    func resumed(data: OwnedSocket, target: OwnedSocket, running: any PumpRunning) {
+        self.core.withLock { core in
+            core.data = .socket(data)
+            core.target = target
+            core.attached = true
+            core.running = running
+        }
+    }
+
+    /// The data plane's run, once started.
+    var running: (any PumpRunning)? { self.core.withLock { $0.running } }
 
     /// Starts the session: the first steps (dial the target, and the data channel at the same time).
     func start() -> [SessionStateMachine.Action] {

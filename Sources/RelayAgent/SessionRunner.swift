@@ -90,17 +90,38 @@ struct SessionRunner {
         // A plaintext data channel and the target are spliced; a TLS one is pumped in user space.
         let running = self.dataPlane.start(data, .socket(target), meter: session.meter, limits: config.pumpLimits)
         session.pumping(running)
+        await self.pumpUntilEnd(running, service: service.name, logger: logger, handle: handle)
+    }
+
+    /// Serves a session taken over from the process before (a handover) until it ends.
+    func resume(_ session: AgentSession, running: any PumpRunning) async {
+        var logger = self.logger
+        logger[metadataKey: "session"] = "\(session.id)"
+        defer {
+            self.state.remove(session)
+            session.closeConnections()
+            session.handle(.connectionsClosed)
+            Self.logEnd(of: session, logger: logger)
+        }
+        await self.pumpUntilEnd(running, service: session.service, logger: logger) { session.handle($0) }
+    }
+
+    /// Awaits the data plane's run and tells the session how it ended.
+    private func pumpUntilEnd(
+        _ running: any PumpRunning, service: String, logger: Logger,
+        handle: @Sendable (SessionStateMachine.Event) -> [SessionStateMachine.Action]
+    ) async {
         switch await running.outcome {
         case .finished:
-            handle(.finPassedOn(.first))
-            handle(.finPassedOn(.second))
+            _ = handle(.finPassedOn(.first))
+            _ = handle(.finPassedOn(.second))
         case .failed(let endpoint, let why):
             if why.contains("sessionIdleTimeoutSeconds") {
                 self.state.limits.hit(
                     "sessionIdleTimeoutSeconds", logger: logger, "session closed: idle for sessionIdleTimeoutSeconds",
-                    metadata: ["service": "\(service.name)"])
+                    metadata: ["service": "\(service)"])
             }
-            handle(.failed(endpoint == .first ? .first : .second, why))
+            _ = handle(.failed(endpoint == .first ? .first : .second, why))
         }
     }
 

@@ -27,6 +27,18 @@ public final class TrafficMeter: SpliceMeter {
         self.sink = sink
     }
 
+    /// A meter that goes on from a session's counts and ended directions (a session taken
+    /// over from the process before: ``HandoverState``); `sink` hears only what moves from now on.
+    public convenience init(
+        sink: (any TrafficSink)?, forward: Int64, backward: Int64, forwardFinished: Bool, backwardFinished: Bool
+    ) {
+        self.init(sink: sink)
+        self.forwardBytes.store(forward, ordering: .relaxed)
+        self.backwardBytes.store(backward, ordering: .relaxed)
+        self.forwardDone.store(forwardFinished, ordering: .relaxed)
+        self.backwardDone.store(backwardFinished, ordering: .relaxed)
+    }
+
     /// Bytes moved from the first endpoint to the second.
     public var forward: Int64 { self.forwardBytes.load(ordering: .relaxed) }
     /// Bytes moved from the second endpoint to the first.

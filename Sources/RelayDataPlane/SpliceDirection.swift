@@ -70,6 +70,43 @@ struct SpliceDirection {
         self.pending = pending
     }
 
+    /// A direction taken over from a frozen session (``FrozenSplice``): its unsent bytes go
+    /// first, and an end of stream already read or passed on is not read again.
+    init(source: Descriptor, destination: Descriptor, forward: Bool, resuming state: FrozenDirection) {
+        self.init(source: source, destination: destination, forward: forward, pending: state.pending)
+        self.sourceEnded = state.sourceEnded || state.finished
+        self.finished = state.finished
+    }
+
+    /// Stops the direction for a handover: the bytes not yet written (pending, then what the
+    /// pipe holds, read out of it) and its end-of-stream flags. The pipe goes back to `pool`
+    /// empty; the sockets are not touched.
+    mutating func freeze(pool: PipePool) -> FrozenDirection {
+        var unsent = Array(self.pending[self.pendingSent...])
+        if let pipe = self.pipe, self.inPipe > 0 {
+            var buffer = [UInt8](repeating: 0, count: self.inPipe)
+            var filled = 0
+            while filled < buffer.count {
+                let count = buffer.withUnsafeMutableBytes { bytes in
+                    read(pipe.read.rawValue, bytes.baseAddress! + filled, bytes.count - filled)
+                }
+                if count > 0 {
+                    filled += count
+                } else if count < 0 && errno == EINTR {
+                    continue
+                } else {
+                    break
+                }
+            }
+            unsent += buffer[..<filled]
+            self.inPipe -= filled
+        }
+        self.release(to: pool)
+        self.pending = []
+        self.pendingSent = 0
+        return FrozenDirection(pending: unsent, sourceEnded: self.sourceEnded, finished: self.finished)
+    }
+
     /// Waiting for the source to become readable.
     var awaitsSource: Bool {
         !self.finished && !self.sourceEnded && !self.sourceReadable && self.inPipe == 0

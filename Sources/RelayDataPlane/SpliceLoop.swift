@@ -14,6 +14,8 @@ final class SpliceLoop: @unchecked Sendable {
     enum Command: Sendable {
         case start(Start)
         case kill(id: UInt64, reason: String)
+        /// Stops every session for a handover and replies with them (``SplicePlane/freeze()``).
+        case freeze(reply: @Sendable ([FrozenSplice]) -> Void)
         case stop
     }
 
@@ -25,6 +27,8 @@ final class SpliceLoop: @unchecked Sendable {
         let pendingBackward: [UInt8]
         let limits: SpliceLimits
         let session: SpliceSession
+        /// A session taken over from a frozen one: both directions' state.
+        var resuming: (FrozenDirection, FrozenDirection)? = nil
     }
 
     /// The loop's index in its plane.
@@ -164,6 +168,8 @@ final class SpliceLoop: @unchecked Sendable {
                 self.begin(start)
             case .kill(let id, let reason):
                 if let pair = self.pairs[id] { self.end(pair, .aborted(reason: reason), reset: true) }
+            case .freeze(let reply):
+                reply(self.freezeAll())
             case .stop:
                 return false
             }
@@ -186,7 +192,7 @@ final class SpliceLoop: @unchecked Sendable {
         let pair = SplicePair(
             id: start.session.id, first: start.first, second: start.second,
             pending: (start.pendingForward, start.pendingBackward), meter: start.session.meter,
-            session: start.session, limits: start.limits)
+            session: start.session, limits: start.limits, resuming: start.resuming)
         self.pairs[pair.id] = pair
         self.liveSessions.add(1, ordering: .relaxed)
         if let idle = pair.idleNanoseconds {
@@ -287,6 +293,29 @@ final class SpliceLoop: @unchecked Sendable {
         self.liveSessions.subtract(1, ordering: .relaxed)
         self.updateStatistics()
         pair.session.resolve(outcome)
+    }
+
+    /// Stops every session for a handover: unwatched, their unsent bytes read out of their
+    /// pipes, their sockets left as they are (open, connected) and handed to the caller.
+    /// Their outcomes are never reported: the process hands them on and exits.
+    private func freezeAll() -> [FrozenSplice] {
+        var frozen: [FrozenSplice] = []
+        for pair in Array(self.pairs.values) {
+            self.pairs.removeValue(forKey: pair.id)
+            pair.ended = true
+            self.timed.remove(pair.id)
+            self.waiting.removeValue(forKey: pair.id)
+            if pair.watched {
+                for socket in [pair.first, pair.second] {
+                    var unused = epoll_event()
+                    _ = epoll_ctl(self.epoll.rawValue, EPOLL_CTL_DEL, socket.rawValue, &unused)
+                }
+            }
+            frozen.append(pair.freeze(pool: self.pool))
+            self.liveSessions.subtract(1, ordering: .relaxed)
+        }
+        self.updateStatistics()
+        return frozen
     }
 
     // MARK: - Sessions waiting for a pipe

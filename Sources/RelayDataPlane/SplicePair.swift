@@ -40,13 +40,17 @@ final class SplicePair {
 
     init(
         id: UInt64, first: Descriptor, second: Descriptor, pending: ([UInt8], [UInt8]), meter: any SpliceMeter,
-        session: SpliceSession, limits: SpliceLimits
+        session: SpliceSession, limits: SpliceLimits, resuming: (FrozenDirection, FrozenDirection)? = nil
     ) {
         self.id = id
         self.first = first
         self.second = second
         self.forward = SpliceDirection(source: first, destination: second, forward: true, pending: pending.0)
         self.backward = SpliceDirection(source: second, destination: first, forward: false, pending: pending.1)
+        if let resuming {
+            self.forward = SpliceDirection(source: first, destination: second, forward: true, resuming: resuming.0)
+            self.backward = SpliceDirection(source: second, destination: first, forward: false, resuming: resuming.1)
+        }
         self.meter = meter
         self.session = session
         self.limits = limits
@@ -78,6 +82,14 @@ final class SplicePair {
 
     /// A direction has its source to read but could get no pipe: its loop must retry it.
     var waitsForPipe: Bool { self.forward.waitsForPipe || self.backward.waitsForPipe }
+
+    /// Stops the session for a handover: both directions' unsent bytes and flags, and the
+    /// sockets, untouched; its pipes go back to `pool` empty.
+    func freeze(pool: PipePool) -> FrozenSplice {
+        FrozenSplice(
+            id: self.id, first: self.first, second: self.second, forward: self.forward.freeze(pool: pool),
+            backward: self.backward.freeze(pool: pool))
+    }
 
     /// Gives both directions' pipes back at the end of the session: a pipe still holding
     /// bytes is closed.

@@ -160,6 +160,16 @@ public final class SplicePlane: Sendable {
         meter: any SpliceMeter = SpliceCounters(), limits: SpliceLimits = SpliceLimits(),
         onEnd: (@Sendable (SpliceOutcome) -> Void)? = nil
     ) -> SpliceSession {
+        self.start(
+            first: first, second: second, pendingForward: pendingForward, pendingBackward: pendingBackward,
+            meter: meter, limits: limits, onEnd: onEnd, resuming: nil)
+    }
+
+    private func start(
+        first: Descriptor, second: Descriptor, pendingForward: [UInt8] = [], pendingBackward: [UInt8] = [],
+        meter: any SpliceMeter, limits: SpliceLimits, onEnd: (@Sendable (SpliceOutcome) -> Void)?,
+        resuming: (FrozenDirection, FrozenDirection)?
+    ) -> SpliceSession {
         let turn = self.nextLoop.wrappingAdd(1, ordering: .relaxed).oldValue
         let loop = self.loops[Int(turn % UInt64(self.loops.count))]
         let session = SpliceSession(
@@ -170,13 +180,45 @@ public final class SplicePlane: Sendable {
         }
         let start = SpliceLoop.Start(
             first: first, second: second, pendingForward: pendingForward, pendingBackward: pendingBackward,
-            limits: limits, session: session)
+            limits: limits, session: session, resuming: resuming)
         if !loop.post(.start(start)) {
             first.reset()
             second.reset()
             session.resolve(.aborted(reason: "data plane stopped"))
         }
         return session
+    }
+
+    /// Stops every running session for a handover and returns them: each one's two sockets,
+    /// still open and connected (no FIN, no reset), and per direction the bytes not yet
+    /// written (read out of its pipe) and whether its end of stream was read or passed on.
+    /// The sessions' outcomes are never reported. The caller owns the sockets from here on.
+    /// Sessions started later run as usual.
+    public func freeze() async -> [FrozenSplice] {
+        await withCheckedContinuation { (continuation: CheckedContinuation<[FrozenSplice], Never>) in
+            let collected = Mutex((remaining: self.loops.count, sessions: [FrozenSplice]()))
+            let reply: @Sendable ([FrozenSplice]) -> Void = { frozen in
+                let done = collected.withLock { state -> [FrozenSplice]? in
+                    state.sessions += frozen
+                    state.remaining -= 1
+                    return state.remaining == 0 ? state.sessions : nil
+                }
+                if let done { continuation.resume(returning: done) }
+            }
+            for loop in self.loops where !loop.post(.freeze(reply: reply)) { reply([]) }
+        }
+    }
+
+    /// Goes on with a session frozen by ``freeze()`` (in this process or the one before it):
+    /// each direction's unsent bytes first, an end of stream already read is not read again
+    /// and one already passed on is not passed on again. Otherwise as ``start(first:second:pendingForward:pendingBackward:meter:limits:onEnd:)``.
+    public func resume(
+        _ frozen: FrozenSplice, meter: any SpliceMeter = SpliceCounters(), limits: SpliceLimits = SpliceLimits(),
+        onEnd: (@Sendable (SpliceOutcome) -> Void)? = nil
+    ) -> SpliceSession {
+        self.start(
+            first: frozen.first, second: frozen.second, meter: meter, limits: limits, onEnd: onEnd,
+            resuming: (frozen.forward, frozen.backward))
     }
 
     /// What the loops hold now.

@@ -100,6 +100,7 @@ extension ControlMessage: Codable {
         case "ping": self = .ping(try Ping(from: decoder))
         case "pong": self = .pong(try Pong(from: decoder))
         case "error": self = .error(try ErrorReport(from: decoder))
+        case "restarting": self = .restarting(try Restarting(from: decoder))
         default:
             let shown = type.count > 32 ? String(type.prefix(32)) + "…" : type
             throw ProtocolError(.unknownType, "unknown message type '\(shown)'")
@@ -123,6 +124,7 @@ extension ControlMessage: Codable {
         case .ping(let m): try m.encode(to: encoder)
         case .pong(let m): try m.encode(to: encoder)
         case .error(let m): try m.encode(to: encoder)
+        case .restarting(let m): try m.encode(to: encoder)
         }
     }
 }

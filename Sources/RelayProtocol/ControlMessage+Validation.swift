@@ -36,7 +36,7 @@ extension ControlMessage {
             }
         case .attached(let m):
             try SessionIDs.require(m.session)
-        case .ping, .pong, .error:
+        case .ping, .pong, .error, .restarting:
             break
         }
     }

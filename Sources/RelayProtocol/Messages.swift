@@ -29,6 +29,10 @@ public enum ControlMessage: Equatable, Sendable {
     case pong(Pong)
     /// Either way: a protocol or policy error; the sender closes the connection after it.
     case error(ErrorReport)
+    /// Agent → relay: the agent is restarting and hands its live sessions to its next
+    /// process; it closes the channel after this line and registers again within seconds.
+    /// Meanwhile the relay holds new clients of its services instead of refusing them.
+    case restarting(Restarting)
 
     /// The wire value of the `type` field for this message.
     public var type: String {
@@ -46,6 +50,7 @@ public enum ControlMessage: Equatable, Sendable {
         case .ping: "ping"
         case .pong: "pong"
         case .error: "error"
+        case .restarting: "restarting"
         }
     }
 }
@@ -209,6 +214,11 @@ extension ControlMessage {
             self.seq = seq
             self.at = at
         }
+    }
+
+    /// `{"type":"restarting"}`
+    public struct Restarting: Codable, Equatable, Sendable {
+        public init() {}
     }
 
     /// `{"type":"error","code":"auth_failed","message":"authentication failed"}`

@@ -67,6 +67,8 @@ public struct ProxyControlStateMachine: Sendable {
         case pongReceived(seq: UInt64)
         /// The agent reported an error and will close.
         case peerError(ControlMessage.ErrorReport)
+        /// The agent is restarting and will register again soon: hold its clients meanwhile.
+        case agentRestarting(agent: String)
     }
 
     /// The current state.
@@ -175,6 +177,8 @@ public struct ProxyControlStateMachine: Sendable {
             ]
         case (.ready, .refuse(let refuse)):
             return [.sessionRefused(refuse)]
+        case (.ready(let agent, _), .restarting):
+            return [.agentRestarting(agent: agent)]
         case (.awaitingRegister, .ping(let ping)), (.ready, .ping(let ping)):
             return [.send(.pong(.init(seq: ping.seq)))]
         case (.awaitingRegister, .pong(let pong)), (.ready, .pong(let pong)):

@@ -272,6 +272,20 @@ public struct SessionStateMachine: Sendable {
         }
     }
 
+    /// Starts a session taken over, already open, from the process before (a handover):
+    /// the directions whose end of stream was passed on have ended. No action: the data
+    /// plane goes on moving its bytes.
+    public mutating func resume(forwardFinished: Bool, backwardFinished: Bool) -> [Action] {
+        guard self.state == .idle else { return [] }
+        var directions = Directions()
+        directions.forward.finRead = forwardFinished
+        directions.forward.finPassedOn = forwardFinished
+        directions.backward.finRead = backwardFinished
+        directions.backward.finPassedOn = backwardFinished
+        self.state = .open(directions)
+        return []
+    }
+
     /// Handles one event.
     public mutating func handle(_ event: Event) -> [Action] {
         switch self.state {

@@ -21,7 +21,7 @@ extension ClientHandler {
         var tried: Set<String> = []
         var limitHit: (hit: SessionLimitHit, agent: String)?
         while tried.count < ProxyConfig.maxAgentsPerService,
-            let link = self.state.nextAgent(serving: service, excluding: tried)
+            let link = await self.agentOrWait(serving: service, excluding: tried)
         {
             tried.insert(link.id)
             let another = { !self.state.agents(serving: service).allSatisfy { tried.contains($0.id) } }

@@ -33,7 +33,8 @@ struct ClientHandler {
             return
         }
         // S6–S10: a connected agent of the service, and its data channel; another agent of
-        // the service when one refuses or fails (ClientHandler+Agents.swift).
+        // the service when one refuses or fails (ClientHandler+Agents.swift); a client of an
+        // agent expected back after a restart waits for it (AgentGrace.swift).
         // A header that arrives later from an untrusted source is looked for at the join.
         guard
             let (session, data) = await self.attach(
@@ -43,6 +44,33 @@ struct ClientHandler {
         }
         defer { self.state.removeSession(session) }
         logger.info("session attached", metadata: ["data": "\(data.link.remote)"])
+        await self.pump(session, data: data, socket: socket, service: service, logger: logger)
+    }
+
+    /// Serves a session taken over from the process before (a handover) until it ends.
+    func resume(_ session: ProxySession, socket: OwnedSocket) async {
+        defer { self.state.removeSession(session) }
+        var logger = self.logger
+        logger[metadataKey: "session"] = "\(session.id)"
+        let data: DataLink
+        do {
+            data = try await session.attached.get()
+        } catch {
+            socket.close()
+            logger.warning(
+                "session failed: \(error)",
+                metadata: ["service": "\(session.service)", "duration": "\(session.started.elapsedForLog)"]
+            )
+            return
+        }
+        await self.pump(session, data: data, socket: socket, service: session.service, logger: logger)
+    }
+
+    /// Joins the data channel with the client on the data plane (or awaits the run already
+    /// started) and logs the end.
+    private func pump(
+        _ session: ProxySession, data: DataLink, socket: OwnedSocket, service: String, logger: Logger
+    ) async {
 
         // S11–S20: the session joined client and data channel on the data plane when the data
         // channel was attached; the client's early bytes waited in its socket until then.

@@ -112,6 +112,12 @@ final class ProxyControlChannel: ControlChannelHandler {
                 self.loop.noteClose(
                     "agent reported \(report.code.rawValue): \(report.message.prefix(ProtocolLimits.maxReasonLength))")
                 self.loop.close()
+            case .agentRestarting(let agent):
+                // Its clients wait for its next process instead of being refused (docs/restart.md).
+                self.state.agentGrace.expect(agent, within: Handover.agentGraceSeconds)
+                self.logger.info(
+                    "agent restarting: its clients wait for it",
+                    metadata: ["agent": "\(agent)", "graceSeconds": "\(Handover.agentGraceSeconds)"])
             }
         }
     }

@@ -35,7 +35,11 @@ public final class ProxyServer: Service, Sendable {
     private let hooks: DaemonHooks
     private let adopted: [String: [CInt]]
     /// The names whose sockets systemd passed and that are still open.
-    private let adoptedOpen: Mutex<Set<String>>
+    let adoptedOpen: Mutex<Set<String>>
+    /// The restart path: descriptors to and from systemd's store.
+    let handover: Handover
+    /// The data plane in force, once running (what a handover freezes).
+    let activePlane = Mutex<(any DataPlane)?>(nil)
     /// The bound listeners by name (`agents` or a service), for status queries.
     let listeners = Mutex<[String: [OwnedListener]]>([:])
     private let listenerStarts: AsyncStream<(String, OwnedListener)>
@@ -51,8 +55,10 @@ public final class ProxyServer: Service, Sendable {
         logger: Logger,
         dataPlane: (any DataPlane)? = nil,
         hooks: DaemonHooks = DaemonHooks(),
-        adopted: [String: [CInt]] = [:]
+        adopted: [String: [CInt]] = [:],
+        handover: Handover = Handover()
     ) {
+        self.handover = handover
         self.life = DaemonLife(daemon: "relay-proxy", configPath: configPath, hooks: hooks, logger: logger)
         self.state = ProxyState(config: config, limits: self.life.limits)
         self.group = group
@@ -73,6 +79,7 @@ public final class ProxyServer: Service, Sendable {
                     "systemd passed a socket named '\(name)', which is neither '\(Self.agentPortName)' nor a service in \(self.configPath)"
             )
         }
+        let handedOver = self.readHandedOver()
         try await self.startListener(Self.agentPortName, address: config.listen, what: "agent port")
         for service in config.services {
             try await self.startListener(service.name, address: service.listen, what: "service '\(service.name)'")
@@ -87,13 +94,18 @@ public final class ProxyServer: Service, Sendable {
         TLSNotes.logAtStart(config.tls?.summary, logger: self.logger)
         // The data plane's loops and the readiness loop start now, not at the first session.
         let dataPlane = self.dataPlane ?? config.dataPlane.make(group: self.group)
+        self.activePlane.withLock { $0 = dataPlane }
         _ = SocketIO.readiness
-        self.hooks.ready()
-
         let agentPort = AgentPort(state: self.state, group: self.group, logger: self.logger)
         let clients = ClientHandler(
             state: self.state, dataPlane: dataPlane, logger: self.logger, limits: self.state.limits)
+        let resumed = handedOver.map { self.resume($0, dataPlane: dataPlane) } ?? []
+        self.hooks.ready()
+
         await withDiscardingTaskGroup { group in
+            for (session, socket) in resumed {
+                group.addTask { await clients.resume(session, socket: socket) }
+            }
             group.addTask { await self.shutdownWhenAsked() }
             group.addTask { await self.expireRotations() }
             self.life.addHelpers(
@@ -275,6 +287,7 @@ public final class ProxyServer: Service, Sendable {
     /// channels and gives live sessions `drainTimeoutSeconds` to finish before closing them.
     private func shutdownWhenAsked() async {
         let graceful = await self.life.waitForShutdown()
+        if graceful { await self.handOverIfRestarting() }
         let drainTimeout = self.state.config.drainTimeout
         // Closed before the log says so: a client that connects after the line is refused.
         for listener in self.listeners.withLock({ $0.values.flatMap { $0 } }) { listener.close() }

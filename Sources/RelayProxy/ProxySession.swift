@@ -72,8 +72,10 @@ final class ProxySession: Sendable {
     let attachSecret: Secret
     /// How long the session waits for its data channel, in seconds (`connect`'s `expiresIn`).
     let attachTimeout: Double
-    let startedAt = Date()
-    let started = ContinuousClock.now
+    let startedAt: Date
+    let started: ContinuousClock.Instant
+    /// Taken over from the process before (a handover), not opened here.
+    let wasResumed: Bool
     let meter: TrafficMeter
     let telemetry: ServiceTelemetry
     let clientSocket: OwnedSocket
@@ -96,9 +98,18 @@ final class ProxySession: Sendable {
         id: String, service: String, agent: String, client: String, clientSocket: OwnedSocket,
         attachSecret: Secret, telemetry: ServiceTelemetry, attachTimeout: Double = 10, halfCloseTimeout: Double = 0,
         idleTimeout: Double = 0, eventLoop: any EventLoop = MultiThreadedEventLoopGroup.singleton.next(),
-        dataPlane: (any DataPlane)? = nil
+        dataPlane: (any DataPlane)? = nil, resumed: HandoverState.Session? = nil
     ) {
         self.dataPlane = dataPlane
+        self.wasResumed = resumed != nil
+        if let resumed {
+            let startedAt = Date(timeIntervalSince1970: resumed.startedAt)
+            self.startedAt = startedAt
+            self.started = ContinuousClock.now - .seconds(max(0, Date().timeIntervalSince(startedAt)))
+        } else {
+            self.startedAt = Date()
+            self.started = ContinuousClock.now
+        }
         self.pumpLimits = PumpLimits(halfCloseTimeoutSeconds: halfCloseTimeout, idleTimeoutSeconds: idleTimeout)
         self.id = id
         self.service = service
@@ -108,7 +119,12 @@ final class ProxySession: Sendable {
         self.attachSecret = attachSecret
         self.attachTimeout = attachTimeout
         self.telemetry = telemetry
-        self.meter = TrafficMeter(sink: telemetry)
+        self.meter =
+            resumed.map {
+                TrafficMeter(
+                    sink: telemetry, forward: $0.forwardBytes, backward: $0.backwardBytes,
+                    forwardFinished: $0.forward.finished, backwardFinished: $0.backward.finished)
+            } ?? TrafficMeter(sink: telemetry)
         self.clientSocket = clientSocket
         self.eventLoop = eventLoop
         self.promise = eventLoop.makePromise(of: DataLink.self)
@@ -116,9 +132,30 @@ final class ProxySession: Sendable {
         self.core = Mutex(
             Core(machine: .relay(attachTimeout: attachTimeout, halfCloseTimeout: halfCloseTimeout)))
         self.meter.onFinish { [weak self] forward in self?.handle(.finPassedOn(forward ? .first : .second)) }
-        let actions = self.core.withLock { $0.machine.start() }
-        self.execute(actions)
+        guard let resumed else {
+            let actions = self.core.withLock { $0.machine.start() }
+            self.execute(actions)
+            return
+        }
+        self.core.withLock {
+            _ = $0.machine.resume(
+                forwardFinished: resumed.forward.finished, backwardFinished: resumed.backward.finished)
+        }
     }
+
+    /// A session taken over from the process before runs again on the data plane: `data`
+    /// is its data channel, `running` the data plane's run; the client task awaits
+    /// ``attached`` as for a new session.
+    func resumed(data: SessionLink, running: any PumpRunning) {
+        self.core.withLock {
+            $0.dataChannel = data
+            $0.running = running
+        }
+        self.promise.succeed(DataLink(link: data, running: running))
+    }
+
+    /// The data plane's run, once started.
+    var running: (any PumpRunning)? { self.core.withLock { $0.running } }
 
     // MARK: - Events
 

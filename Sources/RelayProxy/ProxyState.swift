@@ -27,6 +27,8 @@ final class ProxyState: Sendable {
     let unauthenticated = ConnectionSlots()
     /// Refusals after failed proofs, per source and per agent id.
     let proofBackoff = ProofBackoff()
+    /// Agents expected back after a restart (their clients wait instead of being refused).
+    let agentGrace = AgentGrace()
 
     init(config: ProxyConfig, limits: LimitCounters = LimitCounters()) {
         self.store = Mutex(Store(config: config))
@@ -156,7 +158,8 @@ final class ProxyState: Sendable {
     }
 
     /// Removes `link` if it is still the agent's control channel, and fails the sessions
-    /// still waiting for that agent (their clients are closed at once).
+    /// still waiting for that agent (their clients are closed at once), unless the agent is
+    /// expected back (``AgentGrace``: it said `restarting`).
     func unregister(_ link: AgentLink) {
         let waiting: [ProxySession]? = self.store.withLock { store in
             guard store.agents[link.id] === link else { return nil }
@@ -165,6 +168,9 @@ final class ProxyState: Sendable {
         }
         guard let waiting else { return }
         self.telemetry.agentDisconnected(link.id)
+        // An agent that said `restarting` still attaches the sessions it was asked for
+        // before it hands over; they wait for their data channel (or their attach timeout).
+        guard self.agentGrace.deadline(for: link.id) == nil else { return }
         for session in waiting { session.fail(.agentDisconnected) }
     }
 
@@ -237,6 +243,23 @@ final class ProxyState: Sendable {
             store.sessions[id] = session
             session.telemetry.sessionOpened()
             return .success(session)
+        }
+    }
+
+    /// Records a session taken over from the process before (a handover), open, with its
+    /// id, start and byte counts; nil if a live session already has its id.
+    func adoptSession(_ record: HandoverState.Session, clientSocket: OwnedSocket) -> ProxySession? {
+        self.store.withLock { store -> ProxySession? in
+            guard store.sessions[record.id] == nil else { return nil }
+            let session = ProxySession(
+                id: record.id, service: record.service, agent: record.agent, client: record.client,
+                clientSocket: clientSocket, attachSecret: Authenticator.dummySecret,
+                telemetry: self.telemetry.service(record.service), attachTimeout: store.config.attachTimeout,
+                halfCloseTimeout: store.config.halfCloseTimeout, idleTimeout: store.config.sessionIdleTimeout,
+                resumed: record)
+            store.sessions[record.id] = session
+            session.telemetry.sessionOpened()
+            return session
         }
     }
 

@@ -5,6 +5,7 @@ import RelayCore
 import RelayDaemon
 import RelayMetrics
 import RelaySupport
+import RelaySystemd
 
 /// relay-agent: the inside end of a reverse tunnel. See relay-agent(8).
 @main
@@ -43,7 +44,10 @@ enum AgentDaemon: DaemonDefinition {
     static func start(
         config: AgentConfig, configPath: String, logger: Logger, hooks: DaemonHooks, metrics: MetricsRegistry
     ) throws -> DaemonParts {
-        let server = AgentServer(config: config, configPath: configPath, logger: logger, hooks: hooks)
+        let passed = try Systemd.passedDescriptors()
+        let server = AgentServer(
+            config: config, configPath: configPath, logger: logger, hooks: hooks,
+            handover: Handover.systemd(inherited: passed.handedOver))
         let commands = AgentControlCommands(server: server, metrics: metrics)
         return DaemonParts(
             server: server, handler: commands.handle, renderMetrics: commands.renderMetrics, limits: server.limits)

@@ -66,11 +66,11 @@ enum ProxyDaemon: DaemonDefinition {
     static func start(
         config: ProxyConfig, configPath: String, logger: Logger, hooks: DaemonHooks, metrics: MetricsRegistry
     ) throws -> DaemonParts {
-        let adopted = Dictionary(
-            grouping: try Systemd.listenedSockets(), by: \.name
-        ).mapValues { $0.map(\.descriptor) }
+        let passed = try Systemd.passedDescriptors()
+        let adopted = Dictionary(grouping: passed.listeners, by: \.name).mapValues { $0.map(\.descriptor) }
         let server = ProxyServer(
-            config: config, configPath: configPath, logger: logger, hooks: hooks, adopted: adopted)
+            config: config, configPath: configPath, logger: logger, hooks: hooks, adopted: adopted,
+            handover: Handover.systemd(inherited: passed.handedOver))
         let commands = ProxyControlCommands(server: server, metrics: metrics)
         return DaemonParts(
             server: server, handler: commands.handle, renderMetrics: commands.renderMetrics, limits: server.limits)

@@ -22,7 +22,7 @@ import Testing
         #expect(
             types == [
                 "hello", "challenge", "auth", "welcome", "register", "registered", "connect", "refuse", "attach",
-                "attached", "ping", "pong", "error",
+                "attached", "ping", "pong", "error", "restarting",
             ])
     }
 

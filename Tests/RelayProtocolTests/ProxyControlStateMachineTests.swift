@@ -379,7 +379,7 @@ import Testing
             "hello": ["hello", "error"],
             "auth": ["auth", "error"],
             "register": ["register", "ping", "pong", "error"],
-            "ready": ["refuse", "ping", "pong", "error"],
+            "ready": ["refuse", "ping", "pong", "error", "restarting"],
         ]
         var machine = Self.machine(in: state)
         let actions = machine.receive(message)

@@ -30,6 +30,7 @@ enum Fixture {
         .ping(.init(seq: 7, at: 81250)),
         .pong(.init(seq: 7)),
         .error(.init(code: .authFailed, message: "authentication failed")),
+        .restarting(.init()),
     ]
 }
 

@@ -1,4 +1,5 @@
 import NIOCore
+import RelayDataPlane
 
 /// Where a session's bytes move once both its sockets are joined (S11–S20): the seam
 /// between a session and its data path. Both sockets are owned descriptors; the data plane
@@ -22,6 +23,13 @@ public protocol PumpRunning: Sendable {
     func kill(reason: String)
     /// How the run ended (waits for it).
     var outcome: PumpOutcome { get async }
+    /// The run's ``SpliceSession/id`` on the splice plane (what a handover freezes), or nil
+    /// for a run in user space.
+    var spliceID: UInt64? { get }
+}
+
+extension PumpRunning {
+    public var spliceID: UInt64? { nil }
 }
 
 /// The data planes a daemon can be configured with (`dataPlane` in either config).

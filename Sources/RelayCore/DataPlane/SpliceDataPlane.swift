@@ -47,8 +47,23 @@ public struct SpliceDataPlane: DataPlane, CustomStringConvertible {
         return Running(session: session)
     }
 
+    /// Stops every session on the plane for a handover (``SplicePlane/freeze()``).
+    public func freeze() async -> [FrozenSplice] {
+        await self.plane.freeze()
+    }
+
+    /// Goes on with a session the process before froze (``SplicePlane/resume(_:meter:limits:onEnd:)``).
+    public func resume(_ frozen: FrozenSplice, meter: TrafficMeter, limits: PumpLimits) -> any PumpRunning {
+        Running(
+            session: self.plane.resume(
+                frozen, meter: meter,
+                limits: SpliceLimits(halfCloseTimeout: limits.halfCloseTimeout, idleTimeout: limits.idleTimeout)))
+    }
+
     private struct Running: PumpRunning {
         let session: SpliceSession
+
+        var spliceID: UInt64? { self.session.id }
 
         func kill(reason: String) {
             self.session.kill(reason: reason)

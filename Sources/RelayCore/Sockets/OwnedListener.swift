@@ -103,6 +103,21 @@ public final class OwnedListener: Sendable {
         if let raw = self.descriptor.withLock({ $0 }) { _ = shutdown(raw, Int32(SHUT_RDWR)) }
     }
 
+    /// Stops accepting without touching the socket, for a handover: the accept loop ends,
+    /// connections still arriving wait in the kernel's backlog, and the returned duplicate
+    /// keeps the socket listening for the next process. Nil if it was closed already (or
+    /// the duplicate could not be made).
+    public func detach() -> CInt? {
+        guard let raw = self.descriptor.withLock({ $0 }) else { return nil }
+        let duplicate = fcntl(raw, F_DUPFD_CLOEXEC, 0)
+        guard duplicate >= 0, !self.closed.exchange(true, ordering: .relaxed) else {
+            if duplicate >= 0 { _ = Glibc.close(duplicate) }
+            return nil
+        }
+        SocketIO.readiness.cancelWaits(on: Descriptor(rawValue: raw))
+        return duplicate
+    }
+
     private func closeDescriptor() {
         if let raw = self.descriptor.withLock({ descriptor in
             defer { descriptor = nil }
