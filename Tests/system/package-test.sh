@@ -6,7 +6,8 @@
 # group and that nothing failed; writes the configs as README.Debian says, runs
 # `systemctl enable --now`, carries a real TCP session through both daemons, checks relayctl
 # for root, for a member of group relay and for anyone else, reload and restart, an upgrade to
-# a higher revision, then remove and purge, and compares the container's files with a
+# a higher revision with 20 sessions streaming across it (none lost, digests equal), then
+# remove and purge, and compares the container's files with a
 # snapshot taken before the install. Root only.
 #
 #   Tests/system/package-test.sh
@@ -38,7 +39,10 @@ figures=()
 started_at=$(date +%s.%N)
 since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
 
+background=()
 cleanup() {
+    local pid
+    for pid in "${background[@]}"; do kill "$pid" 2>/dev/null || true; done
     if [ "$booted" = yes ]; then
         # The container's whole journal, for a look after a failure.
         "$BOX" run "$NAME" journalctl --no-pager -o short-monotonic >"$JOURNAL" 2>&1 || true
@@ -338,6 +342,12 @@ pass "container booted"
 
 step "before the install: test users, the target, a snapshot of the file list"
 AGENTS=$(free_port) WEB=$(free_port) TARGET=$(free_port)
+# A second service, "stream": an echo target on the host (the container shares its network)
+# for sessions that stream across the upgrade (handover-client.py, as handover-test.sh uses).
+STREAM=$(free_port) ECHO=$(free_port)
+CLIENT=$REPO/Tests/system/handover-client.py
+python3 "$CLIENT" echo "$ECHO" &
+background+=($!)
 # Made now, so that their traces (/etc/subuid- and the like) are in the snapshot.
 in_box useradd --no-create-home --shell /bin/sh "$MEMBER" </dev/null
 in_box useradd --no-create-home --shell /bin/sh "$OTHER" </dev/null
@@ -524,7 +534,8 @@ in_box sh -c 'cat > /etc/relay/proxy.json' <<EOF
   "listen": "127.0.0.1:$AGENTS",
   "control": "/run/relay/proxy.sock",
   "agents": [ { "id": "office", "secret": "$SECRET" } ],
-  "services": [ { "name": "web", "agent": "office", "listen": "127.0.0.1:$WEB" } ]
+  "services": [ { "name": "web", "agent": "office", "listen": "127.0.0.1:$WEB" },
+                { "name": "stream", "agent": "office", "listen": "127.0.0.1:$STREAM" } ]
 }
 EOF
 in_box sh -c 'cat > /etc/relay/agent.json' <<EOF
@@ -533,7 +544,8 @@ in_box sh -c 'cat > /etc/relay/agent.json' <<EOF
   "id": "office",
   "secret": "$SECRET",
   "control": "/run/relay/agent.sock",
-  "services": [ { "name": "web", "target": "127.0.0.1:$TARGET" } ]
+  "services": [ { "name": "web", "target": "127.0.0.1:$TARGET" },
+                { "name": "stream", "target": "127.0.0.1:$ECHO" } ]
 }
 EOF
 modes=$(text stat -c '%a %U:%G %n' /etc/relay/proxy.json /etc/relay/agent.json)
@@ -629,6 +641,15 @@ configs_before=$(configs)
 proxy_pid=$(prop relay-proxy.service MainPID)
 agent_pid=$(prop relay-agent.service MainPID)
 copy_in "$UPGRADE" /srv/relay-debs-upgrade
+# Sessions that stream through the upgrade: the postinst's restart hands them to the new
+# processes (docs/restart.md), so none may be lost, nor a byte, nor a new session refused.
+STREAMING=20
+python3 "$CLIENT" stream "$STREAM" "$STREAMING" "$WORK/stream-status" "$WORK/stream-stop" \
+    >"$WORK/stream-result.json" 2>"$WORK/stream-client.err" &
+stream_pid=$!
+background+=("$stream_pid")
+streaming() { [ "$(cat "$WORK/stream-status" 2>/dev/null)" = "streaming $STREAMING" ]; }
+wait_for 40 streaming || note "the streaming sessions did not all open: $(cat "$WORK/stream-client.err")"
 upgrade_at=$(date +%s.%N)
 apt_install /srv/relay-debs-upgrade "$WORK/upgrade.log"
 upgrade_time=$(since "$upgrade_at")
@@ -659,6 +680,16 @@ else
     fail "tunnel after the upgrade" "reply: '$tunnel_reply'" "$(journal relay-agent.service | tail -5)"
 fi
 if no_failed_units; then pass "no failed unit after the upgrade"; else fail "failed units after the upgrade" "is-system-running: $system_state" "$failed_units"; fi
+touch "$WORK/stream-stop"
+wait "$stream_pid" || true
+stream_result=$(cat "$WORK/stream-result.json" 2>/dev/null)
+if python3 -c 'import json,sys; r=json.load(sys.stdin); sys.exit(0 if r["sessions"] > 0 and r["ok"] == r["sessions"] and r["bytesSent"] == r["bytesReceived"] and r["arrivalFailures"] == 0 else 1)' <<<"$stream_result" 2>/dev/null; then
+    figures+=("sessions streaming across the upgrade: $stream_result")
+    pass "$STREAMING sessions streamed across the upgrade: 0 lost, 0 bytes lost, 0 new sessions refused: $stream_result"
+else
+    fail "sessions across the upgrade" "$stream_result" "$(tail -5 "$WORK/stream-client.err" 2>/dev/null)" \
+        "$(journal relay-proxy.service | grep -E "handing over|handed over|resumed|not handing over" | tail -4)"
+fi
 
 step "apt-get remove -y relay-proxy relay-agent relayctl"
 configs_before=$(configs)
