@@ -278,6 +278,18 @@ else
     fail "after restart" "$(journal relay-proxy.service | tail -10)"
 fi
 
+step "stopping the service leaves its socket units listening"
+# The daemon stops accepting on an activated socket without shutting it down: a shutdown()
+# makes systemd fail the socket unit ("Got POLLHUP on a listening socket"), and activation.
+in_box systemctl stop relay-proxy.service
+sockets=$(in_box systemctl is-active relay-proxy.socket relay-proxy-web.socket | sort -u)
+if [ "$sockets" = active ]; then
+    pass "relay-proxy.service stopped; relay-proxy.socket and relay-proxy-web.socket still active"
+else
+    fail "socket units after stopping the service" "$sockets" "$(journal relay-proxy.socket | tail -3)"
+fi
+in_box systemctl start relay-proxy.service
+
 step "systemctl stop is clean"
 in_box systemctl stop relay-agent.service relay-proxy.socket relay-proxy-web.socket relay-proxy.service
 proxy_result=$(prop relay-proxy.service Result) agent_result=$(prop relay-agent.service Result)

@@ -80,7 +80,11 @@ public final class OwnedListener: Sendable {
                     continue
                 }
                 guard let accepted else {
-                    if await SocketIO.readiness.wait(for: .readable, on: listening) != .ready { break }
+                    // Bounded, so that a close() between the check above and this wait (its
+                    // cancel found no wait yet) is seen within closeRecheck.
+                    let wakeup = await SocketIO.readiness.wait(
+                        for: .readable, on: listening, until: .now + Self.closeRecheck)
+                    if wakeup == .cancelled { break }
                     continue
                 }
                 try? accepted.setNoDelay()
@@ -96,11 +100,18 @@ public final class OwnedListener: Sendable {
     /// tries again: the queued connection stays queued meanwhile.
     public static let acceptRetryPause = Duration.milliseconds(100)
 
-    /// Stops accepting: the loop ends and the socket closes. Connections accepted before go on.
+    /// How long an idle accept loop waits before it looks again whether it was closed.
+    public static let closeRecheck = Duration.seconds(1)
+
+    /// Stops accepting: the loop ends and closes its descriptor. Connections accepted before
+    /// go on. The socket itself is not shut down: one passed by systemd (socket activation)
+    /// stays listening in its socket unit (a shutdown() there fails the unit with "Got
+    /// POLLHUP on a listening socket", and activation with it).
     public func close() {
         guard !self.closed.exchange(true, ordering: .relaxed) else { return }
-        // Wakes a waiting accept loop: a listening socket shut down reads as ready (EINVAL).
-        if let raw = self.descriptor.withLock({ $0 }) { _ = shutdown(raw, Int32(SHUT_RDWR)) }
+        if let raw = self.descriptor.withLock({ $0 }) {
+            SocketIO.readiness.cancelWaits(on: Descriptor(rawValue: raw))
+        }
     }
 
     /// Stops accepting without touching the socket, for a handover: the accept loop ends,
