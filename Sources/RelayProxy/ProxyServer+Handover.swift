@@ -17,29 +17,14 @@ extension ProxyServer {
     /// (to drain as a stop does) otherwise.
     func handOverIfRestarting() async {
         let listenerCount = self.listeners.withLock { $0.values.reduce(0) { $0 + $1.count } }
-        let decision = self.handover.decide(
-            Handover.descriptorsNeeded(sessions: self.state.sessions.count, listeners: listenerCount))
-        guard case .handOver(let job) = decision else {
-            if case .drain(let reason) = decision {
-                self.logger.info("stopping, not handing over", metadata: ["why": "\(reason)"])
-            }
-            return
-        }
-        guard let splice = self.activePlane.withLock({ $0 }) as? SpliceDataPlane else {
-            self.logger.info("stopping, not handing over", metadata: ["why": "dataPlane is not splice"])
-            return
-        }
+        // The state memfd goes first: if the store takes it, it takes the rest.
+        guard
+            let (job, splice, memfd) = self.handover.begin(
+                needed: Handover.descriptorsNeeded(sessions: self.state.sessions.count, listeners: listenerCount),
+                plane: self.activePlane.withLock({ $0 }), memfdName: "relay-proxy-state", logger: self.logger)
+        else { return }
         let began = Date()
         let clock = ContinuousClock.now
-        // The state memfd goes first: if the store takes it, it takes the rest (the document
-        // is written into it later: systemd holds the same file).
-        let memfd = self.handover.memfd("relay-proxy-state")
-        guard memfd >= 0, self.handover.store([(Handover.stateName, memfd)]) else {
-            if memfd >= 0 { _ = Glibc.close(memfd) }
-            self.logger.warning(
-                "stopping, not handing over", metadata: ["why": "systemd's file descriptor store refused a descriptor"])
-            return
-        }
         self.logger.info(
             "handing over to the next process", metadata: ["job": "\(job)", "sessions": "\(self.state.sessions.count)"])
 
@@ -62,38 +47,22 @@ extension ProxyServer {
         }
         // 2. Sessions waiting for their data channel (or writing `attached`) start pumping
         // or fail, within the attach timeout; the agent port accepts their attaches meanwhile.
-        let settled = ContinuousClock.now + .milliseconds(Int64(self.state.config.attachTimeout * 1000) + 1000)
-        while self.state.sessions.contains(where: { $0.running == nil && $0.end == nil }),
-            ContinuousClock.now < settled
-        {
-            try? await Task.sleep(for: .milliseconds(10))
-        }
+        _ = await Handover.wait(
+            while: { self.state.sessions.contains { $0.running == nil && $0.end == nil } },
+            timeout: .milliseconds(Int64(self.state.config.attachTimeout * 1000) + 1000))
         detach(Self.agentPortName)
 
         // 3. The splice plane stops; every plaintext session's sockets and state are collected.
-        let frozen = await splice.freeze()
-        var byID: [UInt64: ProxySession] = [:]
-        for session in self.state.sessions {
-            if let id = session.running?.spliceID { byID[id] = session }
-        }
-        var records: [HandoverState.Session] = []
-        var descriptors = listeners
-        for session in frozen {
-            guard let owner = byID.removeValue(forKey: session.id) else {
-                self.logger.warning("closing a spliced session the relay no longer knows")
-                session.first.reset()
-                session.second.reset()
-                continue
-            }
-            records.append(
+        let (records, sessionDescriptors) = Handover.collect(
+            await splice.freeze(), sessions: self.state.sessions, spliceID: { $0.running?.spliceID },
+            record: { owner, frozen in
                 HandoverState.Session(
                     id: owner.id, service: owner.service, agent: owner.agent, client: owner.client,
                     startedAt: owner.startedAt.timeIntervalSince1970, forwardBytes: owner.meter.forward,
-                    backwardBytes: owner.meter.backward, forward: .init(session.forward),
-                    backward: .init(session.backward)))
-            descriptors.append((Handover.socketName(session: owner.id, first: true), session.first.rawValue))
-            descriptors.append((Handover.socketName(session: owner.id, first: false), session.second.rawValue))
-        }
+                    backwardBytes: owner.meter.backward, forward: .init(frozen.forward),
+                    backward: .init(frozen.backward))
+            }, logger: self.logger)
+        let descriptors = listeners + sessionDescriptors
         let document = HandoverState(
             daemon: Self.handoverDaemon, startedAt: began.timeIntervalSince1970,
             listeners: Array(Set(listeners.map(\.name))).sorted(), agents: self.state.agents.map(\.id).sorted(),
@@ -113,16 +82,12 @@ extension ProxyServer {
         // 4. What cannot be carried (user space: TLS data channels) drains as at a stop.
         if !rest.isEmpty {
             for agent in self.state.agents { agent.close(.shuttingDown, "the relay is restarting") }
+            let uncarried = { self.state.sessions.filter { !carried.contains($0.id) } }
             await self.life.drain(
-                { self.state.sessions.filter { !carried.contains($0.id) } }, live: rest.count, graceful: true,
-                timeout: .seconds(self.state.config.drainTimeout),
+                uncarried, live: rest.count, graceful: true, timeout: .seconds(self.state.config.drainTimeout),
                 waitForNoSessions: { timeout in
-                    let end = ContinuousClock.now + timeout
-                    while self.state.sessions.contains(where: { !carried.contains($0.id) }) {
-                        guard ContinuousClock.now < end, (try? await Task.sleep(for: .milliseconds(50))) != nil
-                        else { return false }
-                    }
-                    return true
+                    await Handover.wait(
+                        while: { !uncarried().isEmpty }, timeout: timeout, every: Handover.drainPollInterval)
                 })
         }
         // The carried sessions' sockets stay open in systemd's store: exiting closes only
@@ -134,34 +99,11 @@ extension ProxyServer {
 
     /// The state document the process before stored, if any: read, checked and closed.
     func readHandedOver() -> HandoverState? {
-        guard let descriptor = self.handover.inherited[Handover.stateName] else {
-            for (name, descriptor) in self.handover.inherited {
-                self.logger.warning(
-                    "closing a stored descriptor without a state document", metadata: ["name": "\(name)"])
-                _ = Glibc.close(descriptor)
-                self.handover.remove(name)
-            }
-            return nil
-        }
-        defer {
-            _ = Glibc.close(descriptor)
-            self.handover.remove(Handover.stateName)
-        }
-        do {
-            guard let bytes = HandoverFile.read(descriptor) else { throw HandoverStateError("cannot read it") }
-            let state = try HandoverState.decode(bytes, daemon: Self.handoverDaemon)
-            // Listeners the process before stored are this process's own from now on.
-            self.adoptedOpen.withLock { $0.subtract(state.listeners) }
-            for name in state.listeners { self.handover.remove(name) }
-            return state
-        } catch {
-            self.logger.error("cannot use the state the process before handed over: \(error)")
-            for (name, descriptor) in self.handover.inherited where name != Handover.stateName {
-                _ = Glibc.close(descriptor)
-                self.handover.remove(name)
-            }
-            return nil
-        }
+        guard let state = self.handover.readState(daemon: Self.handoverDaemon, logger: self.logger) else { return nil }
+        // Listeners the process before stored are this process's own from now on.
+        self.adoptedOpen.withLock { $0.subtract(state.listeners) }
+        for name in state.listeners { self.handover.remove(name) }
+        return state
     }
 
     /// Takes over the sessions of `state`: each one's two sockets go back on the splice
@@ -169,22 +111,13 @@ extension ProxyServer {
     func resume(_ state: HandoverState, dataPlane: any DataPlane) -> [(ProxySession, OwnedSocket)] {
         let splice = dataPlane as? SpliceDataPlane ?? SpliceDataPlane(plane: SpliceDataPlane.shared)
         for agent in state.agents { self.state.agentGrace.expect(agent, within: Handover.agentGraceSeconds) }
-        var inherited = self.handover.inherited
-        inherited[Handover.stateName] = nil
+        var unclaimed = self.handover.unclaimed
         var resumed: [(ProxySession, OwnedSocket)] = []
         for record in state.sessions {
-            let names = [true, false].map { Handover.socketName(session: record.id, first: $0) }
-            let first = inherited.removeValue(forKey: names[0])
-            let second = inherited.removeValue(forKey: names[1])
-            for name in names { self.handover.remove(name) }
-            guard let first, let second else {
-                self.logger.warning(
-                    "closing a handed-over session missing a socket", metadata: ["session": "\(record.id)"])
-                for descriptor in [first, second].compactMap({ $0 }) { Descriptor(rawValue: descriptor).reset() }
-                continue
-            }
-            let client = OwnedSocket(Descriptor(rawValue: first))
-            let data = OwnedSocket(Descriptor(rawValue: second))
+            guard let (first, second) = self.handover.takeSockets(of: record.id, from: &unclaimed, logger: self.logger)
+            else { continue }
+            let client = OwnedSocket(first)
+            let data = OwnedSocket(second)
             guard let session = self.state.adoptSession(record, clientSocket: client),
                 let clientDescriptor = client.take(), let dataDescriptor = data.take()
             else {
@@ -200,11 +133,7 @@ extension ProxyServer {
             session.resumed(data: .socket(data), running: running)
             resumed.append((session, client))
         }
-        for (name, descriptor) in inherited {
-            self.logger.warning("closing a stored descriptor no session names", metadata: ["name": "\(name)"])
-            _ = Glibc.close(descriptor)
-            self.handover.remove(name)
-        }
+        self.handover.closeUnclaimed(unclaimed, logger: self.logger)
         let handoverMs = Int((Date().timeIntervalSince1970 - state.startedAt) * 1000)
         self.logger.info(
             "resumed \(resumed.count) sessions from the process before",
@@ -213,13 +142,5 @@ extension ProxyServer {
                 "agentsExpected": "\(state.agents.count)", "handoverMs": "\(handoverMs)",
             ])
         return resumed
-    }
-}
-
-extension Duration {
-    /// Whole milliseconds.
-    fileprivate var wholeMilliseconds: Int64 {
-        let (seconds, attoseconds) = self.components
-        return seconds * 1000 + attoseconds / 1_000_000_000_000_000
     }
 }
