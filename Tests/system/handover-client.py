@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Streaming sessions and new arrivals through a relay service, for handover-test.sh.
 
-  handover-client.py echo PORT                      an echo target on 127.0.0.1:PORT
+  handover-client.py echo PORT [PORTFILE]           an echo target on 127.0.0.1:PORT (0: one
+      the system chooses); with PORTFILE, the port it listens on is written there once bound
   handover-client.py stream PORT SESSIONS STATUS STOP
       opens SESSIONS sessions to 127.0.0.1:PORT, each streaming a pseudo-random pattern of
       its own and reading the echo; writes "streaming N" to STATUS once all are open; while
@@ -17,7 +18,7 @@ PAUSE = 0.05
 TIMEOUT = 30
 
 
-async def echo(port):
+async def echo(port, portfile=None):
     async def serve(reader, writer):
         try:
             while True:
@@ -34,6 +35,10 @@ async def echo(port):
             writer.close()
 
     server = await asyncio.start_server(serve, "127.0.0.1", port, backlog=1024)
+    if portfile:
+        with open(portfile + ".tmp", "w") as f:
+            f.write(str(server.sockets[0].getsockname()[1]))
+        os.rename(portfile + ".tmp", portfile)
     async with server:
         await server.serve_forever()
 
@@ -126,6 +131,6 @@ async def stream(port, sessions, status, stop_file):
 
 if __name__ == "__main__":
     if sys.argv[1] == "echo":
-        asyncio.run(echo(int(sys.argv[2])))
+        asyncio.run(echo(int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else None))
     else:
         asyncio.run(stream(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]))

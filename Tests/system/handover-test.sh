@@ -95,7 +95,13 @@ in_box ldconfig
 install -m644 "$REPO"/packaging/systemd/relay-proxy.service "$REPO"/packaging/systemd/relay-agent.service \
     "$R/etc/systemd/system/"
 in_box useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin relay
-AGENTS=$(free_port) ECHO=$(free_port) TARGET=$(free_port)
+AGENTS=$(free_port) ECHO=$(free_port)
+# The echo target binds a port the system chooses, and says which: no port to race for.
+python3 "$CLIENT" echo 0 "$WORK/target-port" &
+background+=($!)
+target_bound() { [ -s "$WORK/target-port" ]; }
+wait_for 10 target_bound || { echo "handover-test: the echo target did not start" >&2; exit 1; }
+TARGET=$(cat "$WORK/target-port")
 mkdir -p "$R/etc/relay"
 printf 'handover test secret\n' >"$R/etc/relay/office.secret"
 cat >"$R/etc/relay/proxy.json" <<JSON
@@ -129,9 +135,7 @@ else
     fail "FileDescriptorStoreMax too small for $SESSIONS sessions"
 fi
 
-step "start the echo target, relay-proxy and relay-agent"
-python3 "$CLIENT" echo "$TARGET" &
-background+=($!)
+step "start relay-proxy and relay-agent (the echo target runs since the configs were written)"
 if in_box timeout 20 systemctl start relay-proxy.service relay-agent.service &&
     wait_for 10 status_has relay-proxy.service "1/1 agents connected"; then
     pass "both active, agent connected"

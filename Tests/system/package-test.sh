@@ -346,10 +346,14 @@ step "before the install: test users, the target, a snapshot of the file list"
 AGENTS=$(free_port) WEB=$(free_port) TARGET=$(free_port)
 # A second service, "stream": an echo target on the host (the container shares its network)
 # for sessions that stream across the upgrade (handover-client.py, as handover-test.sh uses).
-STREAM=$(free_port) ECHO=$(free_port)
+STREAM=$(free_port)
 CLIENT=$REPO/Tests/system/handover-client.py
-python3 "$CLIENT" echo "$ECHO" &
+# The echo target binds a port the system chooses, and says which: no port to race for.
+python3 "$CLIENT" echo 0 "$WORK/echo-port" &
 background+=($!)
+echo_bound() { [ -s "$WORK/echo-port" ]; }
+wait_for 10 echo_bound || give_up "the echo target for the streaming sessions did not start"
+ECHO=$(cat "$WORK/echo-port")
 # Made now, so that their traces (/etc/subuid- and the like) are in the snapshot.
 in_box useradd --no-create-home --shell /bin/sh "$MEMBER" </dev/null
 in_box useradd --no-create-home --shell /bin/sh "$OTHER" </dev/null
