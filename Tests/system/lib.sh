@@ -13,16 +13,26 @@ wait_for() {
     done
 }
 
-# A TCP port nothing on this host listens on, different from those chosen before.
+# A TCP port for a daemon's config, one no socket on this host holds (in any state) and
+# different from those chosen before. The daemons in the container bind it later, so it is
+# picked outside the kernel's ephemeral range (net.ipv4.ip_local_port_range): a port the
+# OS would hand out (bind to port 0, connect) could be taken by any outgoing connection
+# meanwhile, and was, under the tests' own traffic ("address already in use").
 chosen=" "
 free_port() {
-    local port listening=" " hex
+    local port used=" " hex low high first span
     while read -r hex; do
-        listening="$listening$((16#$hex)) "
-    done < <(awk 'NR > 1 && $4 == "0A" { split($2, a, ":"); print a[2] }' /proc/net/tcp /proc/net/tcp6)
+        used="$used$((16#$hex)) "
+    done < <(awk 'FNR > 1 { split($2, a, ":"); print a[2] }' /proc/net/tcp /proc/net/tcp6)
+    read -r low high </proc/sys/net/ipv4/ip_local_port_range
+    if [ "$low" -gt 11024 ]; then
+        first=10000 span=$((low - 10000))
+    else
+        first=$((high + 1)) span=$((65536 - high - 1))
+    fi
     while :; do
-        port=$((20000 + RANDOM % 40000))
-        case "$listening$chosen" in *" $port "*) continue ;; esac
+        port=$((first + (RANDOM * 32768 + RANDOM) % span))
+        case "$used$chosen" in *" $port "*) continue ;; esac
         chosen="$chosen$port "
         echo "$port"
         return
