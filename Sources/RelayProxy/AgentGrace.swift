@@ -27,6 +27,14 @@ final class AgentGrace: Sendable {
             return deadline
         }
     }
+
+    /// `agent` registered: it is no longer expected. Whether it was, until now.
+    func arrived(_ agent: String) -> Bool {
+        self.deadlines.withLock { deadlines in
+            guard let deadline = deadlines.removeValue(forKey: agent) else { return false }
+            return ContinuousClock.now < deadline
+        }
+    }
 }
 
 extension ClientHandler {

@@ -20,6 +20,7 @@ extension ClientHandler {
     ) async -> (ProxySession, DataLink)? {
         var tried: Set<String> = []
         var limitHit: (hit: SessionLimitHit, agent: String)?
+        var offersAfterRestart = 0
         while tried.count < ProxyConfig.maxAgentsPerService,
             let link = await self.agentOrWait(serving: service, excluding: tried)
         {
@@ -65,6 +66,21 @@ extension ClientHandler {
             } catch {
                 self.state.removeSession(session)
                 let failure = error as? SessionFailure
+                // The agent restarted before attaching it (``ProxyState/register(_:)``):
+                // its next process is asked, as if it were another agent.
+                if case .agentDisconnected = failure, offersAfterRestart < Self.maxOffersAfterRestart,
+                    self.state.registeredAgain(link)
+                {
+                    offersAfterRestart += 1
+                    tried.remove(link.id)
+                    attempt.info(
+                        "session failed: \(error); offering it to the agent's next process",
+                        metadata: [
+                            "service": "\(service)", "agent": "\(link.id)",
+                            "duration": "\(session.started.elapsedForLog)",
+                        ])
+                    continue
+                }
                 if let failure, Self.mayTryAnotherAgent(after: failure), another() {
                     attempt.warning(
                         "session failed: \(error); trying another agent",
@@ -95,6 +111,10 @@ extension ClientHandler {
         socket.close()
         return nil
     }
+
+    /// How many times one client is offered again to an agent's next process after that
+    /// agent restarted before attaching it (docs/restart.md).
+    static let maxOffersAfterRestart = 2
 
     /// Whether a session that ended so before its data channel came may be offered to
     /// another agent: the agent refused it (any code), never attached in time, went away, or

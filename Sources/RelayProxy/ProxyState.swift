@@ -146,15 +146,34 @@ final class ProxyState: Sendable {
     }
 
     /// Makes `link` the agent's control channel; returns the one it replaces, if any.
+    ///
+    /// When the agent was expected back (``AgentGrace``: it said `restarting`), its process
+    /// before has exited (systemd starts the next one only then) after attaching what it
+    /// had accepted: a session still waiting for that agent's data channel was asked of it
+    /// too late and never will be attached. It fails as `agentDisconnected`, and its client
+    /// is offered to the agent's next process (`ClientHandler.attach`).
     func register(_ link: AgentLink) -> AgentLink? {
-        let previous = self.store.withLock { store in
+        let expected = self.agentGrace.arrived(link.id)
+        let (previous, orphans) = self.store.withLock { store in
             let previous = store.agents[link.id]
             store.agents[link.id] = link
-            return previous
+            // Under the same lock as the registration: none of these was offered to `link`.
+            let orphans = expected ? store.sessions.values.filter { $0.agent == link.id } : []
+            return (previous, orphans)
         }
         if previous != nil { self.telemetry.agentDisconnected(link.id) }
         self.telemetry.agentConnected(link.id)
+        // Only those still waiting for their data channel fail.
+        for session in orphans { session.fail(.agentDisconnected) }
         return previous
+    }
+
+    /// Whether agent `link.id` registered again on another control channel since `link`.
+    func registeredAgain(_ link: AgentLink) -> Bool {
+        self.store.withLock { store in
+            guard let current = store.agents[link.id] else { return false }
+            return current !== link
+        }
     }
 
     /// Removes `link` if it is still the agent's control channel, and fails the sessions
