@@ -230,50 +230,66 @@ import Testing
     /// still serves; the agent's status tells which is down; the first comes back and the
     /// agent reconnects to it.
     @Test func anAgentWithTwoRelaysSurvivesTheLossOfOne() async throws {
-        let echo = try await TargetServer.start(.echo)
-        defer { Task { await echo.close() } }
-        let agents: [RelayFixture.Agent] = [.init(id: "office", secret: Self.secretA)]
-        try await withFixture(agents: agents, services: [.init(name: "web", agent: "office")]) { first in
-            try await withFixture(agents: agents, services: [.init(name: "web", agent: "office")]) { second in
-                try await first.startProxy()
-                try await second.startProxy()
-                let agent = try await first.startAgent(
-                    id: "office", services: ["web": echo.port], options: Self.relays(first, second))
-                try await first.proxy.waitForLine(containing: "agent connected", "agent=office")
-                try await second.proxy.waitForLine(containing: "agent connected", "agent=office")
-                let socket = first.agentSocket("office")
-                do {
-                    _ = try await Self.waitForRelayStates(socket) { $0 == ["connected", "connected"] }
-                } catch {
-                    print("diagnostic: the agent's log:\n" + agent.lines(containing: "").joined(separator: "\n"))
-                    print(
-                        "diagnostic: the first relay's log:\n"
-                            + first.proxy.lines(containing: "").joined(separator: "\n"))
-                    throw error
-                }
-                #expect(await Self.echoes(first.servicePort("web")))
-                #expect(await Self.echoes(second.servicePort("web")))
-
-                first.proxy.signal(SIGKILL)
-                var served = 0
-                for _ in 0..<10 where await Self.echoes(second.servicePort("web")) { served += 1 }
-                let states = try await Self.waitForRelayStates(socket) { $0[0] != "connected" && $0[1] == "connected" }
-                let text = try await Relayctl.ok(["--socket", socket, "status"])
-                print("figure: first relay killed: \(served)/10 clients served through the second; relays \(states)")
-                #expect(served == 10)
-                #expect(text.contains("RELAY") && text.contains("1/2 connected"))
-
-                try await first.startProxy()
-                try await first.proxy.waitForLine(containing: "agent connected", "agent=office")
+        try await Self.withTwoRelays { first, second, echo in
+            let agent = try await first.startAgent(
+                id: "office", services: ["web": echo.port], options: Self.relays(first, second))
+            try await first.proxy.waitForLine(containing: "agent connected", "agent=office")
+            try await second.proxy.waitForLine(containing: "agent connected", "agent=office")
+            let socket = first.agentSocket("office")
+            do {
                 _ = try await Self.waitForRelayStates(socket) { $0 == ["connected", "connected"] }
-                #expect(await Self.echoes(first.servicePort("web")))
+            } catch {
+                print("diagnostic: the agent's log:\n" + agent.lines(containing: "").joined(separator: "\n"))
+                print(
+                    "diagnostic: the first relay's log:\n"
+                        + first.proxy.lines(containing: "").joined(separator: "\n"))
+                throw error
             }
+            #expect(await Self.echoes(first.servicePort("web")))
+            #expect(await Self.echoes(second.servicePort("web")))
+
+            first.proxy.signal(SIGKILL)
+            var served = 0
+            for _ in 0..<10 where await Self.echoes(second.servicePort("web")) { served += 1 }
+            let states = try await Self.waitForRelayStates(socket) { $0[0] != "connected" && $0[1] == "connected" }
+            let text = try await Relayctl.ok(["--socket", socket, "status"])
+            print("figure: first relay killed: \(served)/10 clients served through the second; relays \(states)")
+            #expect(served == 10)
+            #expect(text.contains("RELAY") && text.contains("1/2 connected"))
+
+            try await first.startProxy()
+            try await first.proxy.waitForLine(containing: "agent connected", "agent=office")
+            _ = try await Self.waitForRelayStates(socket) { $0 == ["connected", "connected"] }
+            #expect(await Self.echoes(first.servicePort("web")))
         }
     }
 
     /// An agent reload that adds a second relay connects to it; removing it again closes
     /// that channel while the first stays.
     @Test func agentReloadAddsAndRemovesARelay() async throws {
+        try await Self.withTwoRelays { first, second, echo in
+            try await first.startAgent(id: "office", services: ["web": echo.port])
+            let socket = first.agentSocket("office")
+            try first.writeAgentConfig(
+                id: "office", services: ["web": echo.port], options: Self.relays(first, second))
+            let added = try await Relayctl.ok(["--socket", socket, "reload"])
+            #expect(added.contains("relay 127.0.0.1:\(second.agentPort) added"))
+            try await second.proxy.waitForLine(containing: "agent connected", "agent=office")
+            #expect(await Self.echoes(second.servicePort("web")))
+            #expect(await Self.echoes(first.servicePort("web")))
+            #expect(first.proxy.lines(containing: "agent disconnected").isEmpty, "the first channel stays")
+
+            try first.writeAgentConfig(id: "office", services: ["web": echo.port], options: Self.relays(first))
+            let removed = try await Relayctl.ok(["--socket", socket, "reload"])
+            #expect(removed.contains("relay 127.0.0.1:\(second.agentPort) removed"))
+            try await second.proxy.waitForLine(containing: "agent disconnected", "agent=office")
+            #expect(await Self.echoes(first.servicePort("web")))
+            print("figure: agent reload added a relay (connected, served) and removed it (disconnected)")
+        }
+    }
+
+    /// Two relays for agent `office`'s service `web`, both started, and an echo target.
+    static func withTwoRelays(_ body: (RelayFixture, RelayFixture, TargetServer) async throws -> Void) async throws {
         let echo = try await TargetServer.start(.echo)
         defer { Task { await echo.close() } }
         let agents: [RelayFixture.Agent] = [.init(id: "office", secret: Self.secretA)]
@@ -281,23 +297,7 @@ import Testing
             try await withFixture(agents: agents, services: [.init(name: "web", agent: "office")]) { second in
                 try await first.startProxy()
                 try await second.startProxy()
-                try await first.startAgent(id: "office", services: ["web": echo.port])
-                let socket = first.agentSocket("office")
-                try first.writeAgentConfig(
-                    id: "office", services: ["web": echo.port], options: Self.relays(first, second))
-                let added = try await Relayctl.ok(["--socket", socket, "reload"])
-                #expect(added.contains("relay 127.0.0.1:\(second.agentPort) added"))
-                try await second.proxy.waitForLine(containing: "agent connected", "agent=office")
-                #expect(await Self.echoes(second.servicePort("web")))
-                #expect(await Self.echoes(first.servicePort("web")))
-                #expect(first.proxy.lines(containing: "agent disconnected").isEmpty, "the first channel stays")
-
-                try first.writeAgentConfig(id: "office", services: ["web": echo.port], options: Self.relays(first))
-                let removed = try await Relayctl.ok(["--socket", socket, "reload"])
-                #expect(removed.contains("relay 127.0.0.1:\(second.agentPort) removed"))
-                try await second.proxy.waitForLine(containing: "agent disconnected", "agent=office")
-                #expect(await Self.echoes(first.servicePort("web")))
-                print("figure: agent reload added a relay (connected, served) and removed it (disconnected)")
+                try await body(first, second, echo)
             }
         }
     }

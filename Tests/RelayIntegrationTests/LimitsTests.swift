@@ -205,7 +205,7 @@ struct LimitsTests {
             var silent: [Int32] = []
             defer { for descriptor in silent { close(descriptor) } }
             for _ in 0..<300 {
-                if let descriptor = Self.nonblockingConnect(from: Self.other, port: relay.agentPort) {
+                if let descriptor = try? sourceBoundSocket(from: Self.other, port: relay.agentPort, nonblocking: true) {
                     silent.append(descriptor)
                 }
             }
@@ -254,34 +254,6 @@ struct LimitsTests {
             #expect(served == 64)
             #expect(relay.proxy.lines(containing: "limit=maxUnauthenticatedConnectionsPerSource").isEmpty)
         }
-    }
-
-    /// A nonblocking TCP connect from `source` to 127.0.0.1:`port`; the descriptor, or nil.
-    static func nonblockingConnect(from source: String, port: Int) -> Int32? {
-        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
-        guard descriptor >= 0 else { return nil }
-        var local = sockaddr_in()
-        local.sin_family = sa_family_t(AF_INET)
-        inet_pton(AF_INET, source, &local.sin_addr)
-        var remote = sockaddr_in()
-        remote.sin_family = sa_family_t(AF_INET)
-        remote.sin_port = in_port_t(UInt16(port).bigEndian)
-        inet_pton(AF_INET, "127.0.0.1", &remote.sin_addr)
-        let bound = withUnsafePointer(to: &local) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
-            }
-        }
-        let connected = withUnsafePointer(to: &remote) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                Glibc.connect(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
-            }
-        }
-        guard bound == 0, connected == 0 || errno == EINPROGRESS else {
-            close(descriptor)
-            return nil
-        }
-        return descriptor
     }
 
     // MARK: - Failed proofs

@@ -253,26 +253,7 @@ final class RawClient {
     let descriptor: Int32
 
     init(from source: String, port: Int) throws {
-        self.descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard self.descriptor >= 0 else { throw HarnessError("socket: errno \(errno)") }
-        var local = sockaddr_in()
-        local.sin_family = sa_family_t(AF_INET)
-        inet_pton(AF_INET, source, &local.sin_addr)
-        var remote = sockaddr_in()
-        remote.sin_family = sa_family_t(AF_INET)
-        remote.sin_port = in_port_t(UInt16(port).bigEndian)
-        inet_pton(AF_INET, "127.0.0.1", &remote.sin_addr)
-        let length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafePointer(to: &local) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(self.descriptor, $0, length) }
-        }
-        let connected = withUnsafePointer(to: &remote) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(self.descriptor, $0, length) }
-        }
-        guard bound == 0, connected == 0 else {
-            Glibc.close(self.descriptor)
-            throw HarnessError("cannot connect from \(source) to port \(port): errno \(errno)")
-        }
+        self.descriptor = try sourceBoundSocket(from: source, port: port)
     }
 
     func send(_ text: String) throws {
