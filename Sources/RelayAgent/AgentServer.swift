@@ -81,7 +81,7 @@ public final class AgentServer: Service, Sendable {
         let resumed = self.readHandedOver().map { self.resume($0, dataPlane: dataPlane) } ?? []
         await withDiscardingTaskGroup { group in
             for (session, running) in resumed {
-                group.addTask { await runner.resume(session, running: running) }
+                runner.resume(session, running: running)
             }
             for relay in self.state.relays { group.addTask { await self.connectLoop(relay) } }
             group.addTask { await self.shutdownWhenAsked() }

@@ -15,8 +15,7 @@ struct SessionRunner {
     /// Runs the session; `control` is the channel the request came on, for a refusal.
     func run(_ connect: ControlMessage.Connect, control: AgentControlChannel) async {
         let config = self.state.config
-        var logger = self.logger
-        logger[metadataKey: "session"] = "\(connect.session)"
+        let logger = Self.logger(self.logger, session: connect.session)
         guard let service = config.service(named: connect.service) else {
             self.state.telemetry.service(connect.service).sessionRefused(reason: "unknown_service")
             control.refuse(
@@ -41,7 +40,6 @@ struct SessionRunner {
             return
         }
         session.telemetry.sessionOpened()
-        defer { self.state.remove(session) }
         logger.info(
             "session open",
             metadata: ["service": "\(service.name)", "client": "\(connect.client)", "target": "\(service.target)"])
@@ -54,12 +52,18 @@ struct SessionRunner {
             }
             return actions
         }
-        defer {
-            // Whatever path ended the run, what the data plane did not take is closed now.
+        // Whatever path ends the session, what the data plane did not take is closed, the
+        // end logged and the session forgotten: here on a path that returns before the pump
+        // starts, else when the pump's run ends.
+        let state = self.state
+        @Sendable func end() {
             session.closeConnections()
             handle(.connectionsClosed)
             Self.logEnd(of: session, logger: logger)
+            state.remove(session)
         }
+        var pumping = false
+        defer { if !pumping { end() } }
 
         // S9 and S10 at once: the target and a fresh data channel to the relay are dialled
         // together (one round trip less per session); `attach` waits for both, so that a
@@ -90,34 +94,48 @@ struct SessionRunner {
         // A plaintext data channel and the target are spliced; a TLS one is pumped in user space.
         let running = self.dataPlane.start(data, .socket(target), meter: session.meter, limits: config.pumpLimits)
         session.pumping(running)
-        await self.pumpUntilEnd(running, service: service.name, logger: logger, handle: handle)
+        // The task returns now: no task waits through the session's life (its memory would
+        // stay with every idle session).
+        pumping = true
+        let limits = self.state.limits
+        running.whenEnded { outcome in
+            Self.tell(outcome, service: service.name, limits: limits, logger: logger, handle: handle)
+            end()
+        }
     }
 
     /// Serves a session taken over from the process before (a handover) until it ends.
-    func resume(_ session: AgentSession, running: any PumpRunning) async {
-        var logger = self.logger
-        logger[metadataKey: "session"] = "\(session.id)"
-        defer {
-            self.state.remove(session)
+    func resume(_ session: AgentSession, running: any PumpRunning) {
+        let logger = Self.logger(self.logger, session: session.id)
+        let state = self.state
+        running.whenEnded { outcome in
+            Self.tell(outcome, service: session.service, limits: state.limits, logger: logger) { session.handle($0) }
             session.closeConnections()
             session.handle(.connectionsClosed)
             Self.logEnd(of: session, logger: logger)
+            state.remove(session)
         }
-        await self.pumpUntilEnd(running, service: session.service, logger: logger) { session.handle($0) }
     }
 
-    /// Awaits the data plane's run and tells the session how it ended.
-    private func pumpUntilEnd(
-        _ running: any PumpRunning, service: String, logger: Logger,
+    /// `logger` with the session's id in its metadata.
+    private static func logger(_ logger: Logger, session: String) -> Logger {
+        var logger = logger
+        logger[metadataKey: "session"] = "\(session)"
+        return logger
+    }
+
+    /// Tells the session how the data plane's run ended.
+    private static func tell(
+        _ outcome: PumpOutcome, service: String, limits: LimitCounters, logger: Logger,
         handle: @Sendable (SessionStateMachine.Event) -> [SessionStateMachine.Action]
-    ) async {
-        switch await running.outcome {
+    ) {
+        switch outcome {
         case .finished:
             _ = handle(.finPassedOn(.first))
             _ = handle(.finPassedOn(.second))
         case .failed(let endpoint, let why):
             if why.contains("sessionIdleTimeoutSeconds") {
-                self.state.limits.hit(
+                limits.hit(
                     "sessionIdleTimeoutSeconds", logger: logger, "session closed: idle for sessionIdleTimeoutSeconds",
                     metadata: ["service": "\(service)"])
             }

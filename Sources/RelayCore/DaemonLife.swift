@@ -120,11 +120,18 @@ public final class DaemonLife: Sendable {
         if graceful, live > 0, await waitForNoSessions(timeout) {
             self.logger.info("all sessions drained")
         }
-        for session in sessions() {
+        let left = sessions()
+        for session in left {
             self.logger.warning("closing a session still live at shutdown", metadata: ["session": "\(session.id)"])
             session.handle(.drainDeadlinePassed)
         }
+        // Their ends are logged, and they forgotten, on tasks of their own: let those run.
+        if !left.isEmpty { _ = await waitForNoSessions(Self.closeWait) }
     }
+
+    /// How long a stop waits, past the drain timeout, for the sessions it closed to be
+    /// logged and forgotten.
+    public static let closeWait = Duration.seconds(2)
 
     private func serveReloads(apply: () async -> ReloadOutcome) async {
         await self.reloads.serve(hooks: self.hooks, logger: self.logger) {

@@ -18,6 +18,7 @@ public final class SpliceSession: Sendable {
         var outcome: SpliceOutcome?
         var nextWaiter = 0
         var waiters: [Int: CheckedContinuation<SpliceOutcome?, Never>] = [:]
+        var callbacks: [@Sendable (SpliceOutcome) -> Void] = []
     }
 
     init(
@@ -55,16 +56,33 @@ public final class SpliceSession: Sendable {
         self.killer(self.id, reason)
     }
 
-    /// Records the outcome and resumes every waiter; the first call wins. Called on the loop.
+    /// Calls `body` once with the outcome: on the loop's thread when the session ends, or at
+    /// once on the caller's if it has ended. No task waits meanwhile (an idle session costs
+    /// no task's memory); `body` should be short, and hand longer work to a task.
+    public func whenEnded(_ body: @escaping @Sendable (SpliceOutcome) -> Void) {
+        let ended = self.end.withLock { end in
+            if end.outcome == nil { end.callbacks.append(body) }
+            return end.outcome
+        }
+        if let ended { body(ended) }
+    }
+
+    /// Records the outcome, resumes every waiter and calls every ``whenEnded(_:)`` body; the
+    /// first call wins. Called on the loop.
     func resolve(_ outcome: SpliceOutcome) {
-        let waiters: [CheckedContinuation<SpliceOutcome?, Never>]? = self.end.withLock { end in
+        let waiting = self.end.withLock {
+            end -> ([CheckedContinuation<SpliceOutcome?, Never>], [@Sendable (SpliceOutcome) -> Void])? in
             guard end.outcome == nil else { return nil }
             end.outcome = outcome
-            defer { end.waiters = [:] }
-            return Array(end.waiters.values)
+            defer {
+                end.waiters = [:]
+                end.callbacks = []
+            }
+            return (Array(end.waiters.values), end.callbacks)
         }
-        guard let waiters else { return }
+        guard let (waiters, callbacks) = waiting else { return }
         for waiter in waiters { waiter.resume(returning: outcome) }
+        for callback in callbacks { callback(outcome) }
         self.onEnd?(outcome)
     }
 

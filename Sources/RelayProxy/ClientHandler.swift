@@ -42,20 +42,19 @@ struct ClientHandler {
         else {
             return
         }
-        defer { self.state.removeSession(session) }
         logger.info("session attached", metadata: ["data": "\(data.link.remote)"])
-        await self.pump(session, data: data, socket: socket, service: service, logger: logger)
+        self.pump(session, data: data, socket: socket, service: service, logger: logger)
     }
 
     /// Serves a session taken over from the process before (a handover) until it ends.
     func resume(_ session: ProxySession, socket: OwnedSocket) async {
-        defer { self.state.removeSession(session) }
         var logger = self.logger
         logger[metadataKey: "session"] = "\(session.id)"
         let data: DataLink
         do {
             data = try await session.attached.get()
         } catch {
+            self.state.removeSession(session)
             socket.close()
             logger.warning(
                 "session failed: \(error)",
@@ -63,22 +62,31 @@ struct ClientHandler {
             )
             return
         }
-        await self.pump(session, data: data, socket: socket, service: session.service, logger: logger)
+        self.pump(session, data: data, socket: socket, service: session.service, logger: logger)
     }
 
-    /// Joins the data channel with the client on the data plane (or awaits the run already
-    /// started) and logs the end.
-    private func pump(
-        _ session: ProxySession, data: DataLink, socket: OwnedSocket, service: String, logger: Logger
-    ) async {
-
+    /// Joins the data channel with the client on the data plane (or takes the run already
+    /// started); when the run ends, ``finish(_:outcome:socket:service:logger:)`` logs it and
+    /// forgets the session. The client's task returns now: no task waits through the
+    /// session's life (its memory would stay with every idle session).
+    private func pump(_ session: ProxySession, data: DataLink, socket: OwnedSocket, service: String, logger: Logger) {
         // S11–S20: the session joined client and data channel on the data plane when the data
         // channel was attached; the client's early bytes waited in its socket until then.
         let running =
             data.running
             ?? self.dataPlane.start(.socket(socket), data.link, meter: session.meter, limits: session.pumpLimits)
         if data.running == nil { session.pumping(running) }
-        switch await running.outcome {
+        running.whenEnded { outcome in
+            self.finish(session, outcome: outcome, socket: socket, service: service, logger: logger)
+        }
+    }
+
+    /// Tells the session how its run ended, logs the end and forgets the session.
+    private func finish(
+        _ session: ProxySession, outcome: PumpOutcome, socket: OwnedSocket, service: String, logger: Logger
+    ) {
+        defer { self.state.removeSession(session) }
+        switch outcome {
         case .finished:
             session.handle(.finPassedOn(.first))
             session.handle(.finPassedOn(.second))

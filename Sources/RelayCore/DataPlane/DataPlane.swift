@@ -23,6 +23,10 @@ public protocol PumpRunning: Sendable {
     func kill(reason: String)
     /// How the run ended (waits for it).
     var outcome: PumpOutcome { get async }
+    /// Calls `body` once with the outcome, on a task of the global executor, when the run
+    /// ends (or soon, if it has): how a daemon finishes a session without a task of its own
+    /// waiting through the session's life (an idle session would keep that task's memory).
+    func whenEnded(_ body: @escaping @Sendable (PumpOutcome) -> Void)
     /// The run's ``SpliceSession/id`` on the splice plane (what a handover freezes), or nil
     /// for a run in user space.
     var spliceID: UInt64? { get }
@@ -30,6 +34,11 @@ public protocol PumpRunning: Sendable {
 
 extension PumpRunning {
     public var spliceID: UInt64? { nil }
+
+    /// A task awaits ``outcome`` (a run in user space has its own task anyway).
+    public func whenEnded(_ body: @escaping @Sendable (PumpOutcome) -> Void) {
+        Task { body(await self.outcome) }
+    }
 }
 
 /// The data planes a daemon can be configured with (`dataPlane` in either config).

@@ -73,6 +73,15 @@ public struct SpliceDataPlane: DataPlane, CustomStringConvertible {
             get async { Self.outcome(of: await self.session.outcome) }
         }
 
+        /// Nothing waits while the session runs; its end starts a task for `body` (off the
+        /// splice loop's thread).
+        func whenEnded(_ body: @escaping @Sendable (PumpOutcome) -> Void) {
+            self.session.whenEnded { outcome in
+                let outcome = Self.outcome(of: outcome)
+                Task { body(outcome) }
+            }
+        }
+
         /// The splice outcome in the pump's terms (the side whose socket failed or idled).
         static func outcome(of outcome: SpliceOutcome) -> PumpOutcome {
             switch outcome {
