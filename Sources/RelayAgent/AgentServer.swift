@@ -79,10 +79,8 @@ public final class AgentServer: Service, Sendable {
         self.activePlane.withLock { $0 = dataPlane }
         let runner = SessionRunner(state: self.state, group: self.group, dataPlane: dataPlane, logger: self.logger)
         let resumed = self.readHandedOver().map { self.resume($0, dataPlane: dataPlane) } ?? []
+        for (session, running) in resumed { runner.resume(session, running: running) }
         await withDiscardingTaskGroup { group in
-            for (session, running) in resumed {
-                runner.resume(session, running: running)
-            }
             for relay in self.state.relays { group.addTask { await self.connectLoop(relay) } }
             group.addTask { await self.shutdownWhenAsked() }
             self.life.addHelpers(

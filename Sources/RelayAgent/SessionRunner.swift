@@ -56,12 +56,7 @@ struct SessionRunner {
         // end logged and the session forgotten: here on a path that returns before the pump
         // starts, else when the pump's run ends.
         let state = self.state
-        @Sendable func end() {
-            session.closeConnections()
-            handle(.connectionsClosed)
-            Self.logEnd(of: session, logger: logger)
-            state.remove(session)
-        }
+        @Sendable func end() { Self.forget(session, state: state, logger: logger, handle: handle) }
         var pumping = false
         defer { if !pumping { end() } }
 
@@ -97,9 +92,8 @@ struct SessionRunner {
         // The task returns now: no task waits through the session's life (its memory would
         // stay with every idle session).
         pumping = true
-        let limits = self.state.limits
         running.whenEnded { outcome in
-            Self.tell(outcome, service: service.name, limits: limits, logger: logger, handle: handle)
+            Self.tell(outcome, service: service.name, limits: state.limits, logger: logger, handle: handle)
             end()
         }
     }
@@ -109,12 +103,22 @@ struct SessionRunner {
         let logger = Self.logger(self.logger, session: session.id)
         let state = self.state
         running.whenEnded { outcome in
-            Self.tell(outcome, service: session.service, limits: state.limits, logger: logger) { session.handle($0) }
-            session.closeConnections()
-            session.handle(.connectionsClosed)
-            Self.logEnd(of: session, logger: logger)
-            state.remove(session)
+            let handle: @Sendable (SessionStateMachine.Event) -> [SessionStateMachine.Action] = { session.handle($0) }
+            Self.tell(outcome, service: session.service, limits: state.limits, logger: logger, handle: handle)
+            Self.forget(session, state: state, logger: logger, handle: handle)
         }
+    }
+
+    /// The end of every session, whatever ended it: what the data plane did not take is
+    /// closed, the machine told, the end logged and the session forgotten.
+    private static func forget(
+        _ session: AgentSession, state: AgentState, logger: Logger,
+        handle: @Sendable (SessionStateMachine.Event) -> [SessionStateMachine.Action]
+    ) {
+        session.closeConnections()
+        _ = handle(.connectionsClosed)
+        Self.logEnd(of: session, logger: logger)
+        state.remove(session)
     }
 
     /// `logger` with the session's id in its metadata.

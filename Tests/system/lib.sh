@@ -18,6 +18,9 @@ wait_for() {
 # picked outside the kernel's ephemeral range (net.ipv4.ip_local_port_range): a port the
 # OS would hand out (bind to port 0, connect) could be taken by any outgoing connection
 # meanwhile, and was, under the tests' own traffic ("address already in use").
+# FREE_PORT_FLOOR: the lowest port chosen below the ephemeral range; that range must start
+# more than FREE_PORT_MIN_SPAN above it, else ports above the range are chosen.
+FREE_PORT_FLOOR=10000 FREE_PORT_MIN_SPAN=1024
 chosen=" "
 free_port() {
     local port used=" " hex low high first span
@@ -25,8 +28,8 @@ free_port() {
         used="$used$((16#$hex)) "
     done < <(awk 'FNR > 1 { split($2, a, ":"); print a[2] }' /proc/net/tcp /proc/net/tcp6)
     read -r low high </proc/sys/net/ipv4/ip_local_port_range
-    if [ "$low" -gt 11024 ]; then
-        first=10000 span=$((low - 10000))
+    if [ "$low" -gt $((FREE_PORT_FLOOR + FREE_PORT_MIN_SPAN)) ]; then
+        first=$FREE_PORT_FLOOR span=$((low - FREE_PORT_FLOOR))
     else
         first=$((high + 1)) span=$((65536 - high - 1))
     fi
