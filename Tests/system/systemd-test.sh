@@ -278,6 +278,35 @@ else
     fail "after restart" "$(journal relay-proxy.service | tail -10)"
 fi
 
+step "systemctl restart relay-proxy with socket-unit listeners carries a live session"
+# The listeners of socket units are passed to the next process by systemd again, not through
+# the descriptor store; the live session goes through the store (docs/restart.md).
+count_lines() { journal "$1" | grep -c -F -- "$2" || true; }
+more_lines() { [ "$(count_lines "$1" "$2")" -gt "$3" ]; }
+attached_before=$(count_lines relay-proxy.service "session attached")
+adopted_before=$(count_lines relay-proxy.service "adopted=systemd role=agents")
+main_pid=$(prop relay-proxy.service MainPID)
+exec {live_fd}<>"/dev/tcp/127.0.0.1/$WEB"
+if wait_for 10 more_lines relay-proxy.service "session attached" "$attached_before"; then
+    in_box systemctl restart relay-proxy.service
+    printf 'across\n' >&"$live_fd"
+    live_reply=""
+    read -r -t 10 live_reply <&"$live_fd" || true
+    if [ "$live_reply" = "pong across" ] && [ "$(prop relay-proxy.service MainPID)" != "$main_pid" ] &&
+        journal_has relay-proxy.service "resumed 1 sessions from the process before" &&
+        more_lines relay-proxy.service "adopted=systemd role=agents" "$adopted_before" &&
+        wait_for 10 ask_is "$WEB" fresh "pong fresh" &&
+        [ "$(in_box systemctl is-active relay-proxy.socket relay-proxy-web.socket | sort -u)" = active ]; then
+        pass "session opened before the restart answered after it ('$live_reply'); $(journal relay-proxy.service | grep -o 'handed over.*' | tail -1); a new client served through the socket 'web' again"
+    else
+        fail "restart with socket units" "live session got: '$live_reply'" \
+            "$(journal relay-proxy.service | grep -E 'hand|resumed|adopted|refus|error' | tail -10)"
+    fi
+else
+    fail "the live session before the restart was not attached" "$(journal relay-proxy.service | tail -5)"
+fi
+exec {live_fd}>&-
+
 step "stopping the service leaves its socket units listening"
 # The daemon stops accepting on an activated socket without shutting it down: a shutdown()
 # makes systemd fail the socket unit ("Got POLLHUP on a listening socket"), and activation.
