@@ -1,3 +1,4 @@
+import Glibc
 import NIOCore
 import NIOSSL
 
@@ -9,6 +10,11 @@ import NIOSSL
 public struct AgentTLS: Sendable, TLSSide {
     /// The keys an agent `tls` object may hold.
     public static let keys: Set<String> = ["ca", "serverName", "pin", "certificate", "key", "resumption"]
+
+    /// Where the TLS library looks for the system trust store on Linux (NIOSSL: the bundle
+    /// file, then the directory); without either, a `tls` with neither `ca` nor `pin` is
+    /// refused with a line that says so.
+    static let systemTrustStorePaths = ["/etc/ssl/certs/ca-certificates.crt", "/etc/ssl/certs"]
 
     /// The CA file (PEM) that replaces the system trust store; nil: the system trust store
     /// (or, with only `pin`, no chain check at all).
@@ -187,8 +193,16 @@ extension ConfigReader {
             configuration.trustRoots = .certificates(ca)
         } else if pin != nil {
             // A pin alone: a self-signed relay, known by its key; no chain, no name (the
-            // handler's own check of the pin replaces the chain check).
-            configuration.certificateVerification = .noHostnameVerification
+            // handler's own check of the pin replaces the chain check), so no trust store
+            // either: a host without one (no ca-certificates) must work.
+            configuration.trustRoots = .certificates([])
+        } else if !AgentTLS.systemTrustStorePaths.contains(where: { access($0, F_OK) == 0 }) {
+            self.problem(
+                path,
+                "no system trust store to check the relay's certificate against (none of "
+                    + "\(AgentTLS.systemTrustStorePaths.joined(separator: ", ")) exists): install ca-certificates, "
+                    + "or give 'ca' (the relay's CA) or 'pin' (the relay's key)")
+            return nil
         }
         if let chain, let key {
             configuration.certificateChain = chain.map { .certificate($0) }
