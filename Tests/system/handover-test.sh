@@ -6,7 +6,7 @@
 # relay-proxy, relay-agent (HANDOVER_AGENT=0 skips it) and relay-proxy again the way an
 # upgrade's postinst does (deb-systemd-invoke restart), checking each time that relayctl lists
 # the sessions again with the same ids; compares every session's digests at the end, and
-# checks that `systemctl stop` still drains. Passes with 0 sessions lost, 0 bytes lost and 0
+# checks that a TLS session drains at a restart and that `systemctl stop` still drains. Passes with 0 sessions lost, 0 bytes lost and 0
 # new connections refused; prints each handover's time (the old process's "handing over" to
 # the new one's "resumed N sessions"). Root only.
 #
@@ -258,6 +258,51 @@ else
 fi
 rm "$R/etc/systemd/system/relay-proxy.service.d/no-store.conf"
 in_box systemctl daemon-reload
+
+step "TLS data channels are not carried: a restart drains them as a stop does"
+# The agent port turns to TLS (a self-signed key, the agent pins it); a session opened before
+# the restart is still served by the old process while it drains, and the restart ends as
+# soon as that session does; the next process serves new sessions.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=relay \
+    -keyout "$R/etc/relay/relay.key" -out "$R/etc/relay/relay.crt" 2>/dev/null
+chown 0:"$(awk -F: '$1 == "relay" { print $3 }' "$R/etc/group")" "$R/etc/relay/relay.key" "$R/etc/relay/relay.crt"
+chmod 0640 "$R/etc/relay/relay.key" "$R/etc/relay/relay.crt"
+with_tls() { # config file, the JSON of its "tls" object
+    python3 -c 'import json, sys; c = json.load(open(sys.argv[1])); c["tls"] = json.loads(sys.argv[2]); json.dump(c, open(sys.argv[1], "w"), indent=2)' "$1" "$2"
+}
+with_tls "$R/etc/relay/proxy.json" '{"certificate": "/etc/relay/relay.crt", "key": "/etc/relay/relay.key"}'
+# As the daemons' user: the config check refuses a secret readable by a group not its own.
+pin=$(in_box runuser -u relay -- relay-proxy --print-tls-pin --config /etc/relay/proxy.json || true)
+with_tls "$R/etc/relay/agent.json" "{\"pin\": \"$pin\"}"
+in_box timeout 30 systemctl restart relay-proxy.service relay-agent.service || true
+if wait_for 15 status_has relay-proxy.service "1/1 agents connected" && journal_has relay-agent.service "agent port uses TLS 1.3" &&
+    [ "$(ask "$ECHO" "before")" = before ]; then
+    exec {tls_fd}<>"/dev/tcp/127.0.0.1/$ECHO"
+    printf 'first\n' >&"$tls_fd"
+    first="" during=""
+    read -r -t 5 first <&"$tls_fd" || true
+    # (without the session's descriptor: a copy of it would keep the session open)
+    in_box timeout 30 systemctl restart relay-proxy.service {tls_fd}>&- &
+    restarting=$!
+    draining() { journal relay-proxy.service | grep -F "handed over" | tail -1 | grep -F "draining=1" >/dev/null; }
+    if wait_for 10 draining; then
+        printf 'during\n' >&"$tls_fd"
+        read -r -t 5 during <&"$tls_fd" || true
+    fi
+    closed_at=$(date +%s%N)
+    exec {tls_fd}>&-
+    wait "$restarting" || true
+    restarted_ms=$((($(date +%s%N) - closed_at) / 1000000))
+    if [ "$first" = first ] && [ "$during" = during ] && [ "$restarted_ms" -lt 4000 ] &&
+        wait_for 15 status_has relay-proxy.service "1/1 agents connected" && [ "$(ask "$ECHO" "after")" = after ]; then
+        pass "$(journal relay-proxy.service | grep -F "handed over" | tail -1 | sed 's/^.*handed over/handed over/'); the TLS session was served while the old process drained ('$during'), the restart ended $restarted_ms ms after it closed (drainTimeoutSeconds 5); the next process serves"
+    else
+        fail "TLS drain at a restart" "replies '$first' '$during', restart ended $restarted_ms ms after the close" \
+            "$(journal relay-proxy.service | tail -8)"
+    fi
+else
+    fail "TLS on the agent port" "$(journal relay-proxy.service | tail -5)" "$(journal relay-agent.service | tail -5)"
+fi
 
 step "systemctl stop still drains (no handover)"
 if in_box timeout 30 systemctl stop relay-proxy.service relay-agent.service &&
