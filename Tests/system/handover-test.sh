@@ -6,9 +6,10 @@
 # relay-proxy, relay-agent (HANDOVER_AGENT=0 skips it) and relay-proxy again the way an
 # upgrade's postinst does (deb-systemd-invoke restart), checking each time that relayctl lists
 # the sessions again with the same ids; compares every session's digests at the end, and
-# checks that a TLS session drains at a restart and that `systemctl stop` still drains. Passes with 0 sessions lost, 0 bytes lost and 0
-# new connections refused; prints each handover's time (the old process's "handing over" to
-# the new one's "resumed N sessions"). Root only.
+# checks that a TLS session drains at a restart and that `systemctl stop` still drains.
+# Passes with 0 sessions lost, 0 bytes lost and 0 new connections refused; prints each
+# handover's time (the old process's "handing over" to the new one's "resumed N sessions").
+# Root only.
 #
 #   Tests/system/handover-test.sh [BIN_DIR]
 #
