@@ -25,18 +25,20 @@ public final class MetricsHTTPServer: Service, Sendable {
     /// past ``MetricsLimits/maxConnections`` are closed at once, idle ones after
     /// ``MetricsLimits/idleTimeout``, and a client that does not read its responses is not
     /// read from either (each hit counted in `limits`); a non-loopback address is warned about.
+    /// `idleTimeout` is for tests; the daemons keep the default.
     public static func bind(
         _ address: HostPort,
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         logger: Logger,
         limits: LimitCounters = LimitCounters(),
+        idleTimeout: Duration = MetricsLimits.idleTimeout,
         render: @escaping @Sendable () -> String
     ) async throws -> MetricsHTTPServer {
         let channel: any Channel
         let open = Atomic<Int>(0)
         limits.declare([
             (MetricsLimits.connectionsName, Double(MetricsLimits.maxConnections)),
-            (MetricsLimits.idleTimeoutName, MetricsLimits.idleTimeout.inSeconds),
+            (MetricsLimits.idleTimeoutName, idleTimeout.inSeconds),
         ])
         do {
             channel = try await ServerBootstrap(group: group)
@@ -55,9 +57,9 @@ public final class MetricsHTTPServer: Service, Sendable {
                         let sync = channel.pipeline.syncOperations
                         try sync.addHandler(ReadOnlyWhenWritable())
                         try sync.addHandler(
-                            IdleStateHandler(allTimeout: .nanoseconds(Int64(MetricsLimits.idleTimeout.inSeconds * 1e9)))
+                            IdleStateHandler(allTimeout: .nanoseconds(Int64(idleTimeout.inSeconds * 1e9)))
                         )
-                        try sync.addHandler(CloseWhenIdle(limits: limits, logger: logger))
+                        try sync.addHandler(CloseWhenIdle(idleTimeout: idleTimeout, limits: limits, logger: logger))
                         try sync.configureHTTPServerPipeline()
                         try sync.addHandler(MetricsHTTPHandler(render: render))
                     }
@@ -130,10 +132,18 @@ private final class ReadOnlyWhenWritable: ChannelDuplexHandler {
 /// Closes a connection on the idle event of its `IdleStateHandler`.
 private final class CloseWhenIdle: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
+    private let idleTimeout: Duration
     private let limits: LimitCounters
     private let logger: Logger
 
-    init(limits: LimitCounters, logger: Logger) {
+    /// The timeout as the log line says it: "30", or "0.25" for a test's.
+    private var idleSeconds: String {
+        let seconds = self.idleTimeout.inSeconds
+        return seconds == seconds.rounded() ? "\(Int(seconds))" : "\(seconds)"
+    }
+
+    init(idleTimeout: Duration, limits: LimitCounters, logger: Logger) {
+        self.idleTimeout = idleTimeout
         self.limits = limits
         self.logger = logger
     }
@@ -142,7 +152,7 @@ private final class CloseWhenIdle: ChannelInboundHandler {
         if event is IdleStateHandler.IdleStateEvent {
             self.limits.hit(
                 MetricsLimits.idleTimeoutName, logger: self.logger,
-                "metrics connection closed: idle for \(Int(MetricsLimits.idleTimeout.inSeconds))s")
+                "metrics connection closed: idle for \(self.idleSeconds)s")
             context.close(promise: nil)
             return
         }
