@@ -125,7 +125,7 @@ public final class DaemonLife: Sendable {
             self.logger.warning("closing a session still live at shutdown", metadata: ["session": "\(session.id)"])
             session.handle(.drainDeadlinePassed)
         }
-        // Their ends are logged, and they forgotten, on tasks of their own: let those run.
+        // Their ends are logged, and they are forgotten, on tasks of their own: let those run.
         if !left.isEmpty { _ = await waitForNoSessions(Self.closeWait) }
     }
 
